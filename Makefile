@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs megalmm and runs the whole pipeline on example_data/
+#   make test   the same environment, then the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_CONFIG := configs/example.yaml
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/megalmm prepare $(DEMO_CONFIG)
+	$(BIN)/megalmm sample $(DEMO_CONFIG)
+	$(BIN)/megalmm predict $(DEMO_CONFIG)
+	$(BIN)/megalmm summarize $(DEMO_CONFIG)
+	@echo "Demo finished: results are under runs/example/ (predictions/, summary/report.md)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sampler.py
+
+clean:
+	rm -rf runs/example .pytest_cache

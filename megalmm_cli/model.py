@@ -1,0 +1,214 @@
+"""The fitted model's fixed inputs: data in the rotated bases, designs, grid, priors.
+
+`build_model` is pure (arrays in, Model out); `prepare.py` stores a Model in prepared.h5 and
+reads it back. Rows of the model are the training rows (individuals with at least one
+observed training cell); individuals without any are predicted by conditioning on the
+training rows' random effects through the kinship (`Projection`).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .design import TraitGroup, independent_columns, missing_data_groups
+from .gibbs.missing import missing_cells_csr
+from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Conditional draw of random effects on other rows given the rotated ones on a row set.
+
+    u_other = mean_map @ u_rot + chol @ z * sqrt(var), with mean_map = K[o, R] Q diag(1/s)
+    (zero where s = 0) and chol a factor of K[o, o] - K[o, R] K[R, R]^+ K[R, o].
+    other_rows: (n_o,) indices into all N individuals; mean_map: (n_o, n_g); chol: (n_o, n_o).
+    """
+
+    other_rows: np.ndarray
+    mean_map: np.ndarray
+    chol: np.ndarray
+
+
+@dataclass(frozen=True)
+class GroupModel:
+    """One missing-data group: its rows (into training rows), traits, rotation and designs."""
+
+    rows: np.ndarray          # (n_g,) indices into training rows
+    cols: np.ndarray          # (t_g,) trait indices
+    rot: Rotation             # eigenbasis of K on these rows
+    weights: np.ndarray       # (G, n_g) grid weights 1 / (h2 s + 1 - h2)
+    x1_keep: np.ndarray       # (b1,) bool: identifiable fixed-effect columns in this group
+    x1_rot: np.ndarray        # (n_g, b1_g) Q' X1[rows][:, keep]
+    observed: np.ndarray      # (n_g, t_g) bool
+    miss_ptr: np.ndarray      # (t_g + 1,) CSR pointers of the imputed cells, by column
+    miss_rows: np.ndarray     # (n_miss,) local row of each imputed cell
+    projection: Projection    # to every individual outside `rows`
+
+
+@dataclass(frozen=True)
+class Priors:
+    tot_eta_shape: float
+    tot_eta_rate: float
+    tot_f_shape: float
+    tot_f_rate: float
+    lambda_type: str          # "ARD" | "horseshoe"
+    lambda_df: float
+    delta_1: tuple            # (shape, rate)
+    delta_2: tuple
+    delta_iterations: int
+    lambda_prop_0: float
+    b2_type: str              # "horseshoe" | "ridge"
+    b2_prop_0: float
+    b2_ridge_prec: float
+
+
+@dataclass(frozen=True)
+class Model:
+    ids: tuple                # (N,) all individuals (training rows first)
+    traits: tuple             # (t,)
+    n_train: int              # n: training rows are ids[:n_train]
+    k: int                    # number of factors
+    y_std: np.ndarray         # (n, t) standardised training values, NaN = missing
+    trait_mean: np.ndarray    # (t,)
+    trait_sd: np.ndarray      # (t,)
+    x1_all: np.ndarray        # (N, b1) fixed-effect design for every individual
+    x1_names: tuple
+    x2_all: np.ndarray        # (N, b2) factor covariates (b2 may be 0)
+    grid: np.ndarray          # (G,) h2 values of the single random effect
+    resid_log_prior: np.ndarray   # (G,)
+    factor_log_prior: np.ndarray  # (G,)
+    groups: tuple             # GroupModel per missing-data group
+    factor_rot: Rotation      # eigenbasis of K on all training rows
+    factor_weights: np.ndarray    # (G, n)
+    x2_rot: np.ndarray        # (n, b2)
+    factor_projection: Projection  # to the individuals outside the training rows
+    pattern_of_row: np.ndarray     # (n,) which set of groups covers each training row
+    pattern_groups: tuple          # group indices per pattern
+    priors: Priors
+    group_of_trait: np.ndarray = field(default=None)  # (t,) group index per trait
+
+    @property
+    def n(self) -> int:
+        return self.n_train
+
+    @property
+    def t(self) -> int:
+        return len(self.traits)
+
+    @property
+    def x1(self) -> np.ndarray:
+        return self.x1_all[: self.n_train]
+
+    @property
+    def x2(self) -> np.ndarray:
+        return self.x2_all[: self.n_train]
+
+
+def projection(kinship, rot: Rotation, other_rows: np.ndarray) -> Projection:
+    """Conditioning map from the rotated random effects on rot.rows to other_rows."""
+    n_o = other_rows.size
+    if n_o == 0:
+        return Projection(other_rows, np.zeros((0, rot.rows.size)), np.zeros((0, 0)))
+    if kinship is None:  # iid levels: nothing is learnt about other levels
+        return Projection(other_rows, np.zeros((n_o, rot.rows.size)), np.eye(n_o))
+    cross = kinship[np.ix_(other_rows, rot.rows)] @ rot.vectors  # (n_o, n_g)
+    inv_values = np.divide(1.0, rot.values, out=np.zeros_like(rot.values), where=rot.values > 0)
+    mean_map = cross * inv_values[None, :]
+    schur = kinship[np.ix_(other_rows, other_rows)] - (cross * inv_values[None, :]) @ cross.T
+    values, vectors = np.linalg.eigh((schur + schur.T) / 2)
+    chol = vectors * np.sqrt(np.clip(values, 0.0, None))[None, :]
+    return Projection(other_rows, mean_map, chol)
+
+
+def standardise(values: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre (and scale) each column over its observed cells. values: (n, t) with NaN."""
+    mean = np.nanmean(values, axis=0)
+    sd = np.nanstd(values, axis=0, ddof=1) if scale else np.ones(values.shape[1])
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    return (values - mean) / sd, mean, sd
+
+
+def build_model(
+    ids,
+    traits,
+    values: np.ndarray,
+    kinship,
+    x1_all: np.ndarray,
+    x1_names,
+    x2_all: np.ndarray,
+    k: int,
+    h2_divisions: int,
+    priors: Priors,
+    max_groups="auto",
+    scale_y: bool = True,
+    resid_h2_prior="uniform",
+    factor_h2_prior="uniform",
+    progress=None,
+) -> Model:
+    """Everything the sampler needs, from aligned arrays (one random effect).
+
+    values: (N, t) training phenotypes with NaN (test cells already hidden); kinship: (N, N)
+    or None (identity); x1_all: (N, b1); x2_all: (N, b2). Rows with no observation are moved
+    out of the training rows (they are predicted), so `ids` is reordered: training rows first.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n_all, t = values.shape
+    observed_any = ~np.isnan(values).all(axis=1)
+    order = np.concatenate([np.flatnonzero(observed_any), np.flatnonzero(~observed_any)])
+    ids = tuple(ids[i] for i in order)
+    values = values[order]
+    if kinship is not None:
+        kinship = kinship[np.ix_(order, order)]
+    x1_all = np.ascontiguousarray(x1_all[order])
+    x2_all = np.ascontiguousarray(x2_all[order])
+    n = int(observed_any.sum())
+    y_std, mean, sd = standardise(values[:n], scale_y)
+    observed = ~np.isnan(y_std)
+
+    grid = h2_grid(1, h2_divisions)[:, 0]
+    resid_log_prior = h2_log_prior(resid_h2_prior, grid.size, "priors.h2_prior.resid")
+    factor_log_prior = h2_log_prior(factor_h2_prior, grid.size, "priors.h2_prior.factors")
+
+    all_train = np.arange(n)
+    factor_rot = rotation(kinship, all_train)
+    trait_groups = missing_data_groups(observed, max_groups)
+    steps = len(trait_groups)
+    groups = []
+    for gi, tg in enumerate(trait_groups):
+        if np.array_equal(tg.rows, all_train):
+            rot = factor_rot
+        else:
+            rot = rotation(kinship, tg.rows)
+        keep = independent_columns(x1_all[tg.rows])
+        x1_rot = rot.vectors.T @ x1_all[tg.rows][:, keep]
+        obs_block = observed[np.ix_(tg.rows, tg.cols)]
+        ptr, miss_rows = missing_cells_csr(obs_block)
+        others = np.setdiff1d(np.arange(n_all), tg.rows)
+        groups.append(
+            GroupModel(
+                rows=tg.rows, cols=tg.cols, rot=rot, weights=grid_weights(grid, rot.values),
+                x1_keep=keep, x1_rot=np.ascontiguousarray(x1_rot), observed=obs_block,
+                miss_ptr=ptr, miss_rows=miss_rows, projection=projection(kinship, rot, others),
+            )
+        )
+        if progress is not None:
+            progress(gi + 1, steps)
+
+    membership = np.zeros((n, len(groups)), dtype=bool)
+    for gi, g in enumerate(groups):
+        membership[g.rows, gi] = True
+    patterns, pattern_of_row = np.unique(membership, axis=0, return_inverse=True)
+    group_of_trait = np.empty(t, dtype=np.int64)
+    for gi, g in enumerate(groups):
+        group_of_trait[g.cols] = gi
+    return Model(
+        ids=ids, traits=tuple(traits), n_train=n, k=int(k), y_std=y_std, trait_mean=mean,
+        trait_sd=sd, x1_all=x1_all, x1_names=tuple(x1_names), x2_all=x2_all, grid=grid,
+        resid_log_prior=resid_log_prior, factor_log_prior=factor_log_prior, groups=tuple(groups),
+        factor_rot=factor_rot, factor_weights=grid_weights(grid, factor_rot.values),
+        x2_rot=np.ascontiguousarray(factor_rot.vectors.T @ x2_all[:n]),
+        factor_projection=projection(kinship, factor_rot, np.arange(n, n_all)),
+        pattern_of_row=pattern_of_row.ravel().astype(np.int64),
+        pattern_groups=tuple(np.flatnonzero(p) for p in patterns),
+        priors=priors, group_of_trait=group_of_trait,
+    )

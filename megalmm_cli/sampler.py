@@ -1,0 +1,165 @@
+"""One Gibbs iteration (DESIGN.md section 3) and the burn-in factor reordering."""
+
+import numpy as np
+
+from .gibbs.coefficients import gamma_shape, grouped_normal_equations, sample_coefficients
+from .gibbs.factors import sample_factor_scores
+from .gibbs.missing import impute_cells
+from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
+from .gibbs.variance import sample_h2_index, sample_random_effects
+from .model import Model
+from .state import State
+
+
+def impute_missing(model: Model, state: State) -> None:
+    """Step 1: redraw imputed cells inside each group's rows."""
+    resid_h2 = model.grid[state.resid_h2_index]
+    resid_sd = np.sqrt((1.0 - resid_h2) / state.tot_eta_prec)
+    for gi, g in enumerate(model.groups):
+        if g.miss_rows.size == 0:
+            continue
+        normals = state.rng.standard_normal(g.miss_rows.size)
+        impute_cells(
+            g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, g.cols]),
+            state.F[g.rows], np.ascontiguousarray(state.Lambda[:, g.cols]), g.rot.vectors,
+            state.U_R_rot[gi], resid_sd[g.cols], normals, state.Y[gi], state.Y_rot[gi],
+        )
+
+
+def sample_trait_side(model: Model, state: State) -> None:
+    """Steps 2-4 per group: (tot_eta_prec, B1, Lambda), then resid_h2, then U_R."""
+    p = model.priors
+    rng = state.rng
+    for gi, g in enumerate(model.groups):
+        cols = g.cols
+        f_rot = g.rot.vectors.T @ state.F[g.rows]
+        x_rot = np.hstack([g.x1_rot, f_rot])
+        b1g = g.x1_rot.shape[1]
+        n_g, t_g = state.Y_rot[gi].shape
+        gram, grid_of_col, xty, yty = grouped_normal_equations(
+            x_rot, state.Y_rot[gi], g.weights, state.resid_h2_index[cols])
+        prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
+        coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
+        shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
+        std_gamma = rng.standard_gamma(shape, size=t_g)
+        normals = rng.standard_normal(coefs_t.shape)
+        tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec,
+                                  np.full(t_g, p.tot_eta_rate), std_gamma, normals, coefs_t)
+        coefs = coefs_t.T
+        state.tot_eta_prec[cols] = tau
+        b1_block = np.zeros((state.B1.shape[0], t_g))
+        b1_block[g.x1_keep] = coefs[:b1g]
+        state.B1[:, cols] = b1_block
+        state.Lambda[:, cols] = coefs[b1g:]
+
+        resid_rot = state.Y_rot[gi] - x_rot @ coefs
+        index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
+        state.resid_h2_index[cols] = index
+        state.U_R_rot[gi] = sample_random_effects(
+            resid_rot, g.rot.values, model.grid[index], tau, rng.standard_normal((n_g, t_g)))
+
+
+def sample_factor_side(model: Model, state: State) -> None:
+    """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data."""
+    p = model.priors
+    rng = state.rng
+    k = model.k
+    f_rot = model.factor_rot.vectors.T @ state.F
+    gram, grid_of_col, xty, yty = grouped_normal_equations(
+        model.x2_rot, f_rot, model.factor_weights, state.f_h2_index)
+    b2 = model.x2_rot.shape[1]
+    shape = gamma_shape(p.tot_f_shape, model.n, 0, b2)
+    coefs_t = np.ascontiguousarray(state.B2F.T)
+    tau = sample_coefficients(gram, grid_of_col, xty, yty, np.ascontiguousarray(state.B2F_prec.T),
+                              np.full(k, p.tot_f_rate), rng.standard_gamma(shape, size=k),
+                              rng.standard_normal((k, b2)), coefs_t)
+    coefs = coefs_t.T
+    state.tot_f_prec = tau
+    state.B2F = np.ascontiguousarray(coefs)
+    resid_rot = f_rot - model.x2_rot @ coefs
+    index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
+                            rng.random(k))
+    state.f_h2_index = index
+    state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values, model.grid[index],
+                                          tau, rng.standard_normal((model.n, k)))
+
+
+def sample_scores(model: Model, state: State) -> None:
+    """Step 6: F row by row given everything else."""
+    resid_prec = state.tot_eta_prec / (1.0 - model.grid[state.resid_h2_index])
+    f_e_prec = state.tot_f_prec / (1.0 - model.grid[state.f_h2_index])
+    f_mean = model.x2 @ state.B2F + model.factor_rot.vectors @ state.U_F_rot
+    rhs = f_mean * f_e_prec[None, :]
+    precisions = []
+    for gi, g in enumerate(model.groups):
+        scaled = state.Lambda[:, g.cols] * resid_prec[None, g.cols]  # (k, t_g)
+        contrib = state.Y[gi] @ scaled.T
+        contrib -= model.x1[g.rows] @ (state.B1[:, g.cols] @ scaled.T)
+        contrib -= g.rot.vectors @ (state.U_R_rot[gi] @ scaled.T)
+        rhs[g.rows] += contrib
+        precisions.append(scaled @ state.Lambda[:, g.cols].T)
+    normals = state.rng.standard_normal((model.n, model.k))
+    state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
+                                   f_e_prec, normals)
+
+
+def sample_shrinkage(model: Model, state: State) -> None:
+    """Steps 7-8: prior precisions of Lambda and B2F."""
+    p = model.priors
+    if p.lambda_type == "ARD":
+        state.lambda_phi, state.delta, state.lambda_prec = sample_ard(
+            state.Lambda, state.tot_eta_prec, state.delta, state.rng, p.lambda_df,
+            p.delta_1, p.delta_2, p.delta_iterations)
+    else:
+        global_scale = p.lambda_prop_0 / (1.0 - p.lambda_prop_0) / np.sqrt(model.n)
+        (state.lambda_phi, state.lambda_nu, g2, xi, state.delta,
+         state.lambda_prec) = sample_horseshoe_lambda(
+            state.Lambda, state.tot_eta_prec, state.lambda_phi, state.lambda_nu,
+            state.lambda_global[0], state.lambda_global[1], state.delta, state.rng, global_scale,
+            p.delta_2, p.delta_iterations)
+        state.lambda_global = np.array([g2, xi])
+    if state.B2F.shape[0] and p.b2_type == "horseshoe":
+        global_scale = p.b2_prop_0 / (1.0 - p.b2_prop_0) / np.sqrt(model.n)
+        (state.b2_local2, state.b2_local_nu, state.b2_global2, state.b2_global_xi,
+         state.B2F_prec) = sample_horseshoe_columns(
+            state.B2F, state.tot_f_prec, state.b2_local2, state.b2_local_nu, state.b2_global2,
+            state.b2_global_xi, state.rng, global_scale)
+
+
+def gibbs_iteration(model: Model, state: State) -> None:
+    """One full sweep, in the order of DESIGN.md section 3."""
+    impute_missing(model, state)
+    sample_trait_side(model, state)
+    sample_factor_side(model, state)
+    sample_scores(model, state)
+    sample_shrinkage(model, state)
+    state.iteration += 1
+
+
+def reorder_factors(model: Model, state: State) -> np.ndarray:
+    """Burn-in only: order factors by decreasing size sum_j Lambda_lj^2 * mean(F_l^2).
+
+    Permutes every factor-indexed parameter; the column-ordered shrinkage (delta) stays with
+    the position, so lambda_prec is rebuilt from the permuted local terms. Returns the order.
+    """
+    size = (state.Lambda ** 2).sum(axis=1) * (state.F ** 2).mean(axis=0)
+    order = np.argsort(-size, kind="stable")
+    if np.array_equal(order, np.arange(model.k)):
+        return order
+    state.Lambda = state.Lambda[order]
+    state.lambda_phi = state.lambda_phi[order]
+    state.lambda_nu = state.lambda_nu[order]
+    state.F = state.F[:, order]
+    state.U_F_rot = state.U_F_rot[:, order]
+    state.tot_f_prec = state.tot_f_prec[order]
+    state.f_h2_index = state.f_h2_index[order]
+    for name in ("B2F", "B2F_prec", "b2_local2", "b2_local_nu"):
+        setattr(state, name, getattr(state, name)[:, order])
+    state.b2_global2 = state.b2_global2[order]
+    state.b2_global_xi = state.b2_global_xi[order]
+    cum = np.cumprod(state.delta)[:, None]
+    if model.priors.lambda_type == "ARD":
+        state.lambda_prec = state.lambda_phi * cum
+    else:
+        state.lambda_prec = cum / (state.lambda_global[0] * state.lambda_phi)
+    return order
