@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,27 +98,9 @@ def _scan_structure(path: Path, sep: str, source: str) -> tuple[list[str], np.nd
     """Header (stripped names) and the line number of every data row.
 
     Rejects an empty file, a file without data rows, repeated column names and ragged rows.
-    Blank lines are skipped, as pandas does.
     """
-    header: list[str] | None = None
-    lines: list[int] = []
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter=sep)
-            previous_end = 0
-            for row in reader:
-                start, previous_end = previous_end + 1, reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if header is None:
-                    header = [name.strip() for name in row]
-                elif len(row) != len(header):
-                    raise UserError(
-                        f"{source}: line {start} has {len(row)} fields but the header has {len(header)};"
-                        " fix the row so that every row has one field per column"
-                    )
-                else:
-                    lines.append(start)
+        header, lines, widths = _record_widths(path, sep)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; check the path in the config") from None
     except UnicodeDecodeError as err:
@@ -126,15 +109,53 @@ def _scan_structure(path: Path, sep: str, source: str) -> tuple[list[str], np.nd
         raise UserError(f"{source}: cannot be parsed as delimited text ({err}); fix the file") from None
     if header is None:
         raise UserError(f"{source}: the file is empty; supply a header row and data rows")
-    if not lines:
+    ragged = np.flatnonzero(widths != len(header))
+    if ragged.size:
+        i = ragged[0]
+        raise UserError(
+            f"{source}: line {lines[i]} has {widths[i]} fields but the header has {len(header)};"
+            " fix the row so that every row has one field per column"
+        )
+    if not lines.size:
         raise UserError(f"{source}: the file has a header but no data rows; supply data")
+    header = [name.strip() for name in header]
     repeated = pd.Index(header)[pd.Index(header).duplicated()].unique()
     if len(repeated):
         raise UserError(
             f"{source}: column name(s) {_first(repeated)} appear more than once in the header;"
             " column names must be unique"
         )
-    return header, np.asarray(lines, dtype=np.int64)
+    return header, lines
+
+
+def _is_blank(row: list[str]) -> bool:
+    """An empty or whitespace-only line (pandas skips those)."""
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _record_widths(path: Path, sep: str) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """Header fields, then for every later non-blank record: its first line (1-based) and field count."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        header = next((row for row in reader if not _is_blank(row)), None)
+        if header is None:
+            return None, np.empty(0, np.int64), np.empty(0, np.int64)
+        first = reader.line_num + 1
+        widths = np.fromiter(map(len, reader), dtype=np.int64)  # fast: no Python code per row
+        one_line_each = reader.line_num - first + 1 == len(widths)
+    if one_line_each and not np.any(widths == 1):  # no quoted line breaks, no whitespace-only lines
+        lines = np.arange(first, first + len(widths))
+        return header, lines[widths > 0], widths[widths > 0]
+
+    lines, widths, end = [], [], 0  # slow path: look at every record
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if start >= first and not _is_blank(row):
+                lines.append(start)
+                widths.append(len(row))
+    return header, np.asarray(lines, dtype=np.int64), np.asarray(widths, dtype=np.int64)
 
 
 def _read_table(
@@ -161,24 +182,34 @@ def _read_table(
         )
     text = [id_column] + [c for c in text_columns if c in header and c != id_column]
     try:
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            names=header,
-            header=0,
-            index_col=False,
-            encoding="utf-8-sig",
-            dtype={c: str for c in text},
-            keep_default_na=False,
-            na_values={c: list(missing_values) for c in header if c not in text},
-        )
-    except (ValueError, pd.errors.ParserError) as err:
+        with warnings.catch_warnings():
+            # a column mixing numbers and text is fine here: _to_float reports its bad cell
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                names=header,
+                header=0,
+                index_col=False,
+                encoding="utf-8-sig",
+                dtype={c: str for c in text},
+                keep_default_na=False,
+                na_values={c: list(missing_values) for c in header if c not in text},
+            )
+    except ValueError as err:  # includes pandas' ParserError
         raise UserError(f"{source}: cannot be read ({err}); fix the file") from None
     if len(frame) != len(lines):  # should not happen: both skip blank lines
         raise UserError(f"{source}: cannot be read consistently (blank or quoted lines?); fix the file")
     for c in text:
-        frame[c] = frame[c].str.strip()
+        frame[c] = _strip(frame[c])
     return _Table(frame, lines, source, id_column)
+
+
+def _strip(series: pd.Series) -> pd.Series:
+    """Strip surrounding whitespace from str values (once per distinct value: ids repeat in tall files)."""
+    codes, uniques = pd.factorize(series)  # missing -> code -1
+    stripped = np.array([str(u).strip() for u in uniques] + [np.nan], dtype=object)
+    return pd.Series(stripped[codes], index=series.index, dtype=object)
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -207,8 +238,13 @@ def _to_float(table: _Table, column: str, fix: str = "use a number, or NA for mi
     return numbers.to_numpy(dtype=np.float64)
 
 
-def _numeric_matrix(table: _Table, columns: Sequence[str], fix: str = "use a number, or NA for missing") -> np.ndarray:
-    """(rows, len(columns)) float64 of the given columns (non-numeric cell -> UserError)."""
+def _numeric_matrix(
+    table: _Table, columns: Sequence[str], fix: str = "use a number, or NA for missing"
+) -> np.ndarray:
+    """(rows, len(columns)) float64 of the given columns (non-numeric cell -> UserError).
+
+    Text columns of table.frame are replaced by their numbers in place.
+    """
     frame = table.frame
     for column in columns:
         if not _is_number_dtype(frame[column]):
@@ -227,14 +263,14 @@ def _check_finite_values(table: _Table, values: np.ndarray, columns: Sequence[st
         )
 
 
-def _ids(table: _Table, what: str = "id") -> np.ndarray:
+def _ids(table: _Table) -> np.ndarray:
     """(rows,) ids of the id column as str; an empty id is a UserError naming the line."""
     ids = table.frame[table.id_column]
     empty = np.flatnonzero((ids.isna() | (ids == "")).to_numpy())
     if empty.size:
         raise UserError(
-            f"{table.source}: line {table.lines[empty[0]]}: empty {what} in column '{table.id_column}';"
-            f" every row needs an {what}"
+            f"{table.source}: line {table.lines[empty[0]]}: empty id in column '{table.id_column}';"
+            " every row needs an id"
         )
     return ids.to_numpy(dtype=object)
 
@@ -287,9 +323,8 @@ def _load_wide(cfg, missing: Sequence[str], extra_covariate_columns: Sequence[st
                 f"{table.source}: covariate column '{column}' not found (columns: {_first(columns, 10)});"
                 " fix phenotypes.covariate_columns"
             )
-    covariate_columns = list(dict.fromkeys(
-        list(cfg.covariate_columns) + [c for c in extra_covariate_columns if c in columns and c != table.id_column]
-    ))
+    extra = [c for c in extra_covariate_columns if c in columns and c != table.id_column]
+    covariate_columns = list(dict.fromkeys([*cfg.covariate_columns, *extra]))
     if cfg.traits is not None:
         traits = list(cfg.traits)
         for trait in traits:
@@ -501,9 +536,13 @@ def _read_kinship_h5(path: Path, dataset: str) -> tuple[list[str], np.ndarray]:
     try:
         matrix = np.asarray(raw_matrix, dtype=np.float64)
     except (TypeError, ValueError):
-        raise UserError(f"{source}: dataset '{dataset}' is not numeric; store the kinship as floats") from None
+        raise UserError(
+            f"{source}: dataset '{dataset}' is not numeric; store the kinship as floats"
+        ) from None
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise UserError(f"{source}: kinship '{dataset}' is not square (shape {matrix.shape}); store a q x q matrix")
+        raise UserError(
+            f"{source}: kinship '{dataset}' is not square (shape {matrix.shape}); store a q x q matrix"
+        )
     if matrix.shape[0] != len(ids):
         raise UserError(
             f"{source}: kinship '{dataset}' is {matrix.shape[0]} x {matrix.shape[0]} but 'ids' has"
@@ -525,7 +564,9 @@ def _read_plink(prefix: Path) -> tuple[list[str], np.ndarray]:
             ids = [str(x).strip() for x in reader.iid]
             genotypes = reader.read(dtype="float64")
     except Exception as err:  # bed_reader raises a variety of types for corrupt files
-        raise UserError(f"{bed.name}: cannot be read as PLINK ({err}); check the .bed/.bim/.fam files") from None
+        raise UserError(
+            f"{bed.name}: cannot be read as PLINK ({err}); check the .bed/.bim/.fam files"
+        ) from None
     return ids, genotypes
 
 
@@ -550,8 +591,9 @@ def _read_genotype_table(path: Path) -> tuple[list[str], np.ndarray]:
 
 def _vanraden(genotypes: np.ndarray, source: str, progress: bool) -> np.ndarray:
     """(n, m) genotypes -> (n, n) VanRaden kinship; all-monomorphic markers -> UserError."""
-    _say(progress, f"computing VanRaden kinship from {genotypes.shape[1]} markers x {genotypes.shape[0]} ids")
-    if genotypes.shape[1] == 0:
+    n, m = genotypes.shape
+    _say(progress, f"computing VanRaden kinship of {n} ids from {m} markers")
+    if m == 0:
         raise UserError(f"{source}: no markers; supply genotypes with at least one marker")
     try:
         return vanraden(genotypes)

@@ -10,6 +10,8 @@ from itertools import product
 
 import numpy as np
 
+from .errors import UserError
+
 EIGEN_TOL = 1e-10  # eigenvalues below this (relative to the largest) are treated as zero
 
 
@@ -34,7 +36,7 @@ def h2_log_prior(weights, n_points: int, key: str) -> np.ndarray:
         return np.full(n_points, -np.log(n_points))
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n_points,) or np.any(w < 0) or not np.any(w > 0):
-        raise ValueError(
+        raise UserError(
             f"{key}: needs {n_points} non-negative weights (one per grid point), got {w.size}"
         )
     with np.errstate(divide="ignore"):

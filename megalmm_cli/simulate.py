@@ -144,7 +144,7 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     # factors, unit total variance
     f_h2 = rng.uniform(0.1, 0.9, size=k)
     U_F = (L @ rng.standard_normal((n, k))) * np.sqrt(f_h2)
-    F = U_F + rng.standard_normal((n, k)) * 1.0
+    F = U_F + rng.standard_normal((n, k)) * np.sqrt(1.0 - f_h2)
 
     # sparse loadings with decaying scale; every factor gets >= 1 non-zero loading
     nonzero = rng.random((k, t)) < 0.4
@@ -177,7 +177,7 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     tot_eta_prec = 1.0 / sigma2
     U = U_F @ Lambda
     U += U_R
-    G = (Lambda.T * f_h2) @ Lambda
+    G = (Lambda.T * f_h2) @ Lambda * 0.8
     G[np.diag_indices(t)] += resid_h2 * sigma2
     R = (Lambda.T * (1.0 - f_h2)) @ Lambda
     R[np.diag_indices(t)] += (1.0 - resid_h2) * sigma2
@@ -197,15 +197,16 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
 
 
 def _write_csv(path: Path, header: list[str], lead: list[np.ndarray], values: np.ndarray,
-               fmt: str, chunk: int = 256) -> None:
+               fmt: str, chunk_cells: int = 1_000_000) -> None:
     """Write a CSV: `header`, then per row the string columns `lead` (each (n,)) and the
     numeric columns `values` (n, p) formatted with `fmt`; NaN cells are written as NA."""
     n, p = values.shape
     n_lead = len(lead)
     row_fmt = ",".join(["%s"] * n_lead + [fmt] * p)
+    chunk = max(1, chunk_cells // (n_lead + p))
     with open(path, "w", newline="\n") as fh:
         fh.write(",".join(header) + "\n")
-        for start in range(0, n, chunk):                     # chunks of rows: bounded memory
+        for start in range(0, n, chunk):                     # blocks of rows: bounded memory
             stop = min(n, start + chunk)
             cells = np.empty((stop - start, n_lead + p), dtype=object)
             for j, col in enumerate(lead):

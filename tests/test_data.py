@@ -24,6 +24,11 @@ PSD_TOL = 1e-6
 # ----------------------------------------------------------------------------- helpers
 
 
+def raises(pattern):
+    """Expect a UserError whose message matches the regex."""
+    return pytest.raises(UserError, match=pattern)
+
+
 def write(tmp_path, name, text, bom=False, crlf=False):
     """Write a text file; returns its path."""
     if crlf:
@@ -87,8 +92,9 @@ GENO_IDS = ["g1", "g2", "g3", "g4"]
 
 
 def test_wide_csv_with_covariates(tmp_path):
-    path = write(tmp_path, "pheno.csv", "id,Env1,Env2,Block,Sex\n L1 ,1.5,NA,1,M\nL2,2.5,3,2,F\nL3,,4.5,1,M\n")
-    pheno = load_phenotypes(pheno_cfg(path, covariate_columns=("Block",)), extra_covariate_columns=("Sex", "Age"))
+    text = "id,Env1,Env2,Block,Sex\n L1 ,1.5,NA,1,M\nL2,2.5,3,2,F\nL3,,4.5,1,M\n"
+    cfg = pheno_cfg(write(tmp_path, "pheno.csv", text), covariate_columns=("Block",))
+    pheno = load_phenotypes(cfg, extra_covariate_columns=("Sex", "Age"))
     assert pheno.ids == ("L1", "L2", "L3")
     assert pheno.traits == ("Env1", "Env2")
     np.testing.assert_array_equal(pheno.values, [[1.5, np.nan], [2.5, 3.0], [np.nan, 4.5]])
@@ -151,70 +157,70 @@ def test_tall(tmp_path):
 
 def test_wide_duplicated_ids(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1\nL1,1\nL2,2\nL1,3\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: 1 duplicated ids \(first: L1\)"):
+    with raises(r"pheno\.csv: 1 duplicated ids \(first: L1\)"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_wide_duplicated_column(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1,T1\nL1,1,2\nL2,2,3\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: column name\(s\) T1 appear more than once"):
+    with raises(r"pheno\.csv: column name\(s\) T1 appear more than once"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_missing_id_column(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1\nL1,1\nL2,2\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: no id column 'ID'"):
+    with raises(r"pheno\.csv: no id column 'ID'"):
         load_phenotypes(pheno_cfg(path, id="ID"))
 
 
 def test_tall_duplicated_pair(tmp_path):
     path = write(tmp_path, "tall.csv", "id,trait,value\nL1,T1,1\nL2,T1,2\nL1,T1,3\n")
-    with pytest.raises(UserError, match=r"tall\.csv: line 4: id 'L1' and trait 'T1' already appear on line 2"):
+    with raises(r"tall\.csv: line 4: id 'L1' and trait 'T1' already appear on line 2"):
         load_phenotypes(tall_cfg(path))
 
 
 def test_tall_covariate_not_constant(tmp_path):
     path = write(tmp_path, "tall.csv", "id,trait,value,Block\nL1,T1,1,a\nL1,T2,2,b\nL2,T1,3,a\n")
-    with pytest.raises(UserError, match=r"tall\.csv: covariate column 'Block' differs .* id 'L1' \(lines 2, 3\)"):
+    with raises(r"tall\.csv: covariate column 'Block' differs .* id 'L1' \(lines 2, 3\)"):
         load_phenotypes(tall_cfg(path))
 
 
 def test_tall_non_numeric_value(tmp_path):
     path = write(tmp_path, "tall.csv", "id,trait,value\nL1,T1,1\nL2,T1,abc\n")
-    with pytest.raises(UserError, match=r"tall\.csv: line 3 \(id 'L2'\), column 'value': 'abc' is not a number"):
+    with raises(r"tall\.csv: line 3 \(id 'L2'\), column 'value': 'abc' is not a number"):
         load_phenotypes(tall_cfg(path))
 
 
 def test_wide_non_numeric_value(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1,T2\nL1,1,2\nL2,3,x4\nL3,5,6\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: line 3 \(id 'L2'\), column 'T2': 'x4' is not a number"):
+    with raises(r"pheno\.csv: line 3 \(id 'L2'\), column 'T2': 'x4' is not a number"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_infinite_value(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1,T2\nL1,1,2\nL2,3,4\nL3,inf,6\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: line 4 \(id 'L3'\), column 'T1': value is infinite"):
+    with raises(r"pheno\.csv: line 4 \(id 'L3'\), column 'T1': value is infinite"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_trait_without_observation(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1,Env07\nL1,1,NA\nL2,2,\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: trait 'Env07' has no observed value"):
+    with raises(r"pheno\.csv: trait 'Env07' has no observed value"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_constant_trait(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1,T2\nL1,1,5\nL2,2,5\nL3,3,NA\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: trait 'T2' has the same value \(5\) .* cannot be scaled"):
+    with raises(r"pheno\.csv: trait 'T2' has the same value \(5\) .* cannot be scaled"):
         load_phenotypes(pheno_cfg(path))
     path = write(tmp_path, "pheno.csv", "id,T1,T2\nL1,1,5\nL2,2,NA\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: trait 'T2' has only one observed value \(5\)"):
+    with raises(r"pheno\.csv: trait 'T2' has only one observed value \(5\)"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_no_traits(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,Block\nL1,1\nL2,2\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: no trait columns"):
+    with raises(r"pheno\.csv: no trait columns"):
         load_phenotypes(pheno_cfg(path, covariate_columns=("Block",)))
 
 
@@ -224,20 +230,33 @@ def test_no_traits(tmp_path):
 )
 def test_ragged_row(tmp_path, text, line, fields):
     path = write(tmp_path, "pheno.csv", text)
-    with pytest.raises(UserError, match=rf"pheno\.csv: line {line} has {fields} fields but the header has 3"):
+    with raises(rf"pheno\.csv: line {line} has {fields} fields but the header has 3"):
         load_phenotypes(pheno_cfg(path))
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff"])
+def test_quoted_line_break_and_whitespace_line(tmp_path):
+    text = 'id,T1,Note\nL1,1,"two\nlines"\n   \nL2,2,x\nL3,abc,y\n'
+    with raises(r"pheno\.csv: line 6 \(id 'L3'\), column 'T1': 'abc' is not a number"):
+        load_phenotypes(pheno_cfg(write(tmp_path, "pheno.csv", text), covariate_columns=("Note",)))
+    path = write(tmp_path, "pheno.csv", text.replace("abc", "3"))
+    pheno = load_phenotypes(pheno_cfg(path, covariate_columns=("Note",)))
+    assert pheno.ids == ("L1", "L2", "L3")
+    assert pheno.covariates["Note"].tolist() == ["two\nlines", "x", "y"]
+    ragged = 'id,T1,Note\nL1,1,"two\nlines"\nL2,2\n'
+    with raises(r"pheno\.csv: line 4 has 2 fields but the header has 3"):
+        load_phenotypes(pheno_cfg(write(tmp_path, "pheno.csv", ragged)))
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff", " \n"])
 def test_empty_file(tmp_path, text):
     path = write(tmp_path, "pheno.csv", text)
-    with pytest.raises(UserError, match=r"pheno\.csv: the file is empty"):
+    with raises(r"pheno\.csv: the file is empty"):
         load_phenotypes(pheno_cfg(path))
 
 
 def test_header_only(tmp_path):
     path = write(tmp_path, "pheno.csv", "id,T1\n")
-    with pytest.raises(UserError, match=r"pheno\.csv: the file has a header but no data rows"):
+    with raises(r"pheno\.csv: the file has a header but no data rows"):
         load_phenotypes(pheno_cfg(path))
 
 
@@ -256,7 +275,7 @@ def test_covariates(tmp_path):
 
 def test_covariates_duplicated_ids(tmp_path):
     path = write(tmp_path, "cov.csv", "id,Age\nA,1\nB,2\nA,3\nB,4\n")
-    with pytest.raises(UserError, match=r"cov\.csv: 2 duplicated ids \(first: A, B\)"):
+    with raises(r"cov\.csv: 2 duplicated ids \(first: A, B\)"):
         load_covariates(SimpleNamespace(file=path, id="id"))
 
 
@@ -288,7 +307,7 @@ def test_kinship_h5(tmp_path):
     kin = load_kinship(kin_cfg(file=path, h5_dataset="G"), PSD_TOL)
     assert kin.ids == ("a", "b", "c") and kin.source == "K.h5"
     np.testing.assert_array_equal(kin.matrix, matrix)
-    with pytest.raises(UserError, match=r"K\.h5: no dataset 'K'"):
+    with raises(r"K\.h5: no dataset 'K'"):
         load_kinship(kin_cfg(file=path), PSD_TOL)
 
 
@@ -319,46 +338,46 @@ def test_kinship_identity():
 
 def test_kinship_duplicated_ids(tmp_path):
     text = "Line,A,B\nA,1,0\nA,0,1\n"
-    with pytest.raises(UserError, match=r"K\.csv: 1 duplicated ids \(first: A\)"):
+    with raises(r"K\.csv: 1 duplicated ids \(first: A\)"):
         load_kinship(kin_cfg(file=write(tmp_path, "K.csv", text)), PSD_TOL)
 
 
 def test_kinship_not_square(tmp_path):
     text = "Line,A,B,C\nA,1,0,0\nB,0,1,0\n"
-    with pytest.raises(UserError, match=r"K\.csv: kinship is not square \(2 rows, 3 id columns\)"):
+    with raises(r"K\.csv: kinship is not square \(2 rows, 3 id columns\)"):
         load_kinship(kin_cfg(file=write(tmp_path, "K.csv", text)), PSD_TOL)
 
 
 def test_kinship_ids_differ(tmp_path):
     text = "Line,A,B\nA,1,0\nC,0,1\n"
-    with pytest.raises(UserError, match=r"K\.csv: the header ids and the first-column ids differ .*rows: C.*header: B"):
+    with raises(r"K\.csv: the header ids and the first-column ids differ .*rows: C.*header: B"):
         load_kinship(kin_cfg(file=write(tmp_path, "K.csv", text)), PSD_TOL)
 
 
 def test_kinship_non_numeric(tmp_path):
     text = "Line,A,B\nA,1,0\nB,zero,1\n"
-    with pytest.raises(UserError, match=r"K\.csv: line 3 \(id 'B'\), column 'A': 'zero' is not a number"):
+    with raises(r"K\.csv: line 3 \(id 'B'\), column 'A': 'zero' is not a number"):
         load_kinship(kin_cfg(file=write(tmp_path, "K.csv", text)), PSD_TOL)
 
 
 def test_kinship_not_symmetric(tmp_path):
     matrix = np.array([[1.0, 0.5, 0.0], [0.19, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    with pytest.raises(UserError, match=r"K\.csv: kinship is not symmetric \(max \|K - K'\| = 0\.31 at (A/B|B/A)\)"):
+    with raises(r"K\.csv: kinship is not symmetric \(max \|K - K'\| = 0\.31 at (A/B|B/A)\)"):
         load_matrix(tmp_path, ["A", "B", "C"], matrix)
 
 
 @pytest.mark.parametrize("bad", ["NA", "inf"])
 def test_kinship_non_finite(tmp_path, bad):
     text = f"Line,A,B\nA,1,{bad}\nB,0,1\n"
-    with pytest.raises(UserError, match=r"K\.csv: kinship has a non-finite value \((nan|inf)\) at A/B"):
+    with raises(r"K\.csv: kinship has a non-finite value \((nan|inf)\) at A/B"):
         load_kinship(kin_cfg(file=write(tmp_path, "K.csv", text)), PSD_TOL)
 
 
 def test_kinship_not_psd(tmp_path):
     matrix = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues -1 and 3
-    with pytest.raises(UserError, match=r"K\.csv: kinship is not positive semi-definite \(smallest eigenvalue -1,"):
+    with raises(r"K\.csv: kinship is not positive semi-definite \(smallest eigenvalue -1,"):
         load_matrix(tmp_path, ["A", "B"], matrix)
-    with pytest.raises(UserError, match="add a small value .* to the diagonal"):
+    with raises("add a small value .* to the diagonal"):
         load_matrix(tmp_path, ["A", "B"], matrix)
 
 
@@ -370,13 +389,13 @@ def test_kinship_psd_tolerance(tmp_path):
 
 def test_genotype_value_out_of_range(tmp_path):
     text = "id,m1,m2\ng1,0,1\ng2,3,2\ng3,NA,1\n"
-    with pytest.raises(UserError, match=r"geno\.csv: line 3 \(id 'g2'\), marker 'm1': value 3 is not a genotype"):
+    with raises(r"geno\.csv: line 3 \(id 'g2'\), marker 'm1': value 3 is not a genotype"):
         load_kinship(kin_cfg(genotypes=write(tmp_path, "geno.csv", text)), PSD_TOL)
 
 
 def test_genotypes_monomorphic(tmp_path):
     text = "id,m1,m2\ng1,0,2\ng2,0,2\n"
-    with pytest.raises(UserError, match=r"geno\.csv: all markers are monomorphic"):
+    with raises(r"geno\.csv: all markers are monomorphic"):
         load_kinship(kin_cfg(genotypes=write(tmp_path, "geno.csv", text)), PSD_TOL)
 
 
@@ -385,7 +404,9 @@ def test_genotypes_monomorphic(tmp_path):
 
 def _pheno_and_kinship(tmp_path):
     pheno = load_phenotypes(pheno_cfg(write(tmp_path, "pheno.csv", "id,T1,T2\nB,1,2\nA,3,4\n")))
-    matrix = np.array([[1.0, 0.1, 0.2, 0.3], [0.1, 2.0, 0.4, 0.5], [0.2, 0.4, 3.0, 0.6], [0.3, 0.5, 0.6, 4.0]])
+    matrix = np.array(
+        [[1.0, 0.1, 0.2, 0.3], [0.1, 2.0, 0.4, 0.5], [0.2, 0.4, 3.0, 0.6], [0.3, 0.5, 0.6, 4.0]]
+    )
     kin = load_matrix(tmp_path, ["C", "A", "D", "B"], matrix)
     return pheno, kin, matrix
 
@@ -408,14 +429,14 @@ def test_align_appends_kinship_only_ids(tmp_path):
 def test_align_phenotyped_id_missing(tmp_path):
     pheno = load_phenotypes(pheno_cfg(write(tmp_path, "pheno.csv", "id,T1\nA,1\nL1,2\nL7,3\nL9,4\n")))
     kin = load_matrix(tmp_path, ["A", "B"], np.eye(2))
-    with pytest.raises(UserError, match=r"K\.csv: 3 phenotyped ids are missing from the kinship \(first: L1, L7, L9\)"):
+    with raises(r"K\.csv: 3 phenotyped ids are missing from the kinship \(first: L1, L7, L9\)"):
         align_individuals(pheno, [kin])
 
 
 def test_align_later_kinship_must_cover_all_ids(tmp_path):
     pheno, kin, _ = _pheno_and_kinship(tmp_path)
     second = load_matrix(tmp_path, ["A", "B", "C"], np.eye(3), name="K2.csv")
-    with pytest.raises(UserError, match=r"K2\.csv: 1 ids are missing from the kinship \(first: D\)"):
+    with raises(r"K2\.csv: 1 ids are missing from the kinship \(first: D\)"):
         align_individuals(pheno, [kin, second])
 
 
@@ -439,17 +460,17 @@ def test_test_cells_without_values(tmp_path):
 
 def test_test_cells_unknown_id(tmp_path):
     path = write(tmp_path, "cells.csv", "id,trait\nA,T1\nZZ,T1\n")
-    with pytest.raises(UserError, match=r"cells\.csv: line 3: id 'ZZ' is not a known individual"):
+    with raises(r"cells\.csv: line 3: id 'ZZ' is not a known individual"):
         load_test_cells(cells_cfg(path), ["A"], ["T1"])
 
 
 def test_test_cells_unknown_trait(tmp_path):
     path = write(tmp_path, "cells.csv", "id,trait\nA,T9\n")
-    with pytest.raises(UserError, match=r"cells\.csv: line 2: trait 'T9' is not a trait"):
+    with raises(r"cells\.csv: line 2: trait 'T9' is not a trait"):
         load_test_cells(cells_cfg(path), ["A"], ["T1"])
 
 
 def test_test_cells_duplicated(tmp_path):
     path = write(tmp_path, "cells.csv", "id,trait\nA,T1\nB,T1\nA,T1\n")
-    with pytest.raises(UserError, match=r"cells\.csv: line 4: cell id 'A', trait 'T1' already appears on line 2"):
+    with raises(r"cells\.csv: line 4: cell id 'A', trait 'T1' already appears on line 2"):
         load_test_cells(cells_cfg(path), ["A", "B"], ["T1"])

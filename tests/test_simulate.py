@@ -27,7 +27,21 @@ def small():
 @pytest.fixture(scope="module")
 def large():
     """Large n, few traits: for moment checks against the stored truth."""
-    return simulate_data(n=3000, t=5, k=2, missing=0.0, seed=11, n_markers=500)
+    return simulate_data(n=2000, t=5, k=2, missing=0.0, seed=11, n_markers=400)
+
+
+@pytest.fixture(scope="module")
+def large_eigen(large):
+    """(w, Q): the positive eigenvalues of the large kinship and their eigenvectors (n, r),
+    from a thin SVD of the centred markers (K = W W' / scale, cheaper than eigh(K))."""
+    geno = large.markers.astype(float)
+    freq = geno.mean(axis=0) / 2
+    Q, sv, _ = np.linalg.svd(geno - 2 * freq, full_matrices=False)
+    keep = sv > 1e-6 * sv[0]
+    w = sv[keep] ** 2 / (2 * np.sum(freq * (1 - freq)))
+    Q = Q[:, keep]
+    np.testing.assert_allclose((Q * w) @ Q.T, large.kinship, atol=1e-8)
+    return w, Q
 
 
 # ---------------------------------------------------------------- determinism and shapes
@@ -119,14 +133,11 @@ def test_truth_is_internally_consistent(small):
     # residual variances in the written scale are sigma2_0 * c^2 with sigma2_0 ~ U(0.2, 0.6)
     base = sigma2 / s.trait_scale ** 2
     assert np.all((base >= 0.2) & (base <= 0.6))
-    # the scaled Lambda is a base Lambda with decaying columns times c
-    base_lambda = s.Lambda / s.trait_scale
-    assert np.all(np.abs(base_lambda[s.Lambda != 0]) > 0)
     # intercepts ~ N(10, 3) before scaling
     assert 5 < np.mean(s.B1[0] / s.trait_scale) < 15
 
 
-def test_components_have_their_variances(large):
+def test_components_have_their_variances(large, large_eigen):
     s = large
     X1 = np.column_stack([np.ones(s.n), s.populations == "P2", s.x])
     np.testing.assert_array_equal(X1, s.X1)
@@ -136,14 +147,15 @@ def test_components_have_their_variances(large):
     E_F = s.F - s.U_F
     np.testing.assert_allclose(E_F.var(axis=0, ddof=1), 1 - s.f_h2, rtol=0.1)
     # genetic values ~ N(0, c K): quadratic form in K^+ over its rank
-    w, Q = np.linalg.eigh(s.kinship)
-    keep = w > 1e-8 * w.max()
-    rot = Q[:, keep].T @ np.column_stack([s.U_F, s.U_R]) / np.sqrt(w[keep])[:, None]
+    w, Q = large_eigen
+    rot = Q.T @ np.column_stack([s.U_F, s.U_R]) / np.sqrt(w)[:, None]
     expected = np.concatenate([s.f_h2, s.resid_h2 / s.tot_eta_prec])
-    np.testing.assert_allclose((rot ** 2).mean(axis=0), expected, rtol=0.2)
+    np.testing.assert_allclose((rot ** 2).mean(axis=0), expected, rtol=0.25)
+    # nothing of U outside the column space of K
+    np.testing.assert_allclose(Q @ (Q.T @ s.U), s.U, atol=1e-5)
 
 
-def test_empirical_covariance_matches_G_plus_R(large):
+def test_empirical_covariance_matches_G_plus_R(large, large_eigen):
     s = large
     E = s.Y - s.X1 @ s.B1
     total = s.G + s.R
@@ -152,17 +164,17 @@ def test_empirical_covariance_matches_G_plus_R(large):
     # centred mean is zero (B1 is in the written scale)
     assert np.all(np.abs(E.mean(axis=0)) < 4 * sd / np.sqrt(s.n))
     emp = np.cov(E, rowvar=False)
-    assert np.max(np.abs(emp - total) / scale) < 0.15
+    assert np.max(np.abs(emp - total) / scale) < 0.2
     # separately: in the eigenbasis of K row i has covariance s_i G + R (DESIGN section 3);
-    # the null space of K (n - n_markers rows) gives R alone, the rest G.
-    w, Q = np.linalg.eigh(s.kinship)
+    # the null space of K (n - rank directions) gives R alone, the rest G.
+    w, Q = large_eigen
     rot = Q.T @ E
-    null = w < 1e-8 * w.max()
-    assert null.sum() > 1000
-    R_hat = rot[null].T @ rot[null] / null.sum()
-    G_hat = (rot[~null].T @ rot[~null] - (~null).sum() * R_hat) / w[~null].sum()
-    assert np.max(np.abs(R_hat - s.R) / scale) < 0.08
-    assert np.max(np.abs(G_hat - s.G) / scale) < 0.15
+    n_null = s.n - w.size
+    assert n_null > 1000
+    R_hat = (E.T @ E - rot.T @ rot) / n_null
+    G_hat = (rot.T @ rot - w.size * R_hat) / w.sum()
+    assert np.max(np.abs(R_hat - s.R) / scale) < 0.1
+    assert np.max(np.abs(G_hat - s.G) / scale) < 0.2
 
 
 # ---------------------------------------------------------------- files

@@ -1,0 +1,177 @@
+"""Runs one chain: burn-in with factor reordering, thinned draws, checkpoints and resume.
+
+The driver owns iteration counts, thinning, checkpoints and storage; the Gibbs steps
+(sampler.py) only see the model and the state. Randomness comes from two Generators derived
+from (run seed, chain number) and saved in every checkpoint, so a resumed chain continues
+exactly as an uninterrupted one would.
+"""
+
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Model
+from .posterior import RunningMoments, draw, genetic_and_expected, random_effects
+from .sampler import gibbs_iteration, reorder_factors
+from .state import State, initial_state
+from .storage import Checkpoint
+
+EFFECT_PARAMS = {"U", "eta_hat", "U_F", "U_R"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    burn_in: int
+    samples: int            # iterations after burn-in
+    thin: int
+    reorder_every: int
+    checkpoint_every: int
+
+    @property
+    def total(self) -> int:
+        return self.burn_in + self.samples
+
+    def draws(self, iterations: int) -> int:
+        """Number of draws recorded after `iterations` iterations."""
+        return max(0, iterations - self.burn_in) // self.thin
+
+
+def chain_generators(seed: int, chain: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The chain's Generator and its prediction-noise Generator, from (seed, chain)."""
+    chain_seq, pred_seq = np.random.SeedSequence([seed, chain]).spawn(2)
+    return np.random.Generator(np.random.PCG64(chain_seq)), np.random.Generator(np.random.PCG64(pred_seq))
+
+
+class StopRequested:
+    """Turns SIGTERM / SIGINT into a flag checked between iterations."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _imputing(model: Model) -> list[bool]:
+    return [g.miss_rows.size > 0 for g in model.groups]
+
+
+def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elapsed: float) -> Checkpoint:
+    """Checkpoint of a state. Groups without imputed cells keep fixed data, so their Y and U_R
+    (not carried from one iteration to the next) are not stored."""
+    arrays = state.array_fields()
+    imputing = _imputing(model)
+    arrays["Y"] = [y if imp else np.zeros(0) for y, imp in zip(state.Y, imputing)]
+    arrays["U_R_rot"] = [u if imp else np.zeros(0) for u, imp in zip(state.U_R_rot, imputing)]
+    means = {}
+    for name, mom in moments.items():
+        means[f"{name}.mean"], means[f"{name}.m2"] = mom.mean, mom.m2
+        means[f"{name}.count"] = np.array(mom.count)
+    rng_states = {"rng": state.rng.bit_generator.state, "pred_rng": state.pred_rng.bit_generator.state}
+    return Checkpoint(state.iteration, n_draws, arrays, rng_states, means, elapsed)
+
+
+def from_checkpoint(model: Model, cp: Checkpoint) -> tuple[State, dict]:
+    arrays = dict(cp.arrays)
+    for gi, (g, imp) in enumerate(zip(model.groups, _imputing(model))):
+        if not imp:
+            arrays["Y"][gi] = np.ascontiguousarray(model.y_std[np.ix_(g.rows, g.cols)])
+            arrays["U_R_rot"][gi] = np.zeros((g.rows.size, g.cols.size))
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = cp.rng_states["rng"]
+    pred_rng = np.random.Generator(np.random.PCG64())
+    pred_rng.bit_generator.state = cp.rng_states["pred_rng"]
+    state = State(iteration=cp.iteration, rng=rng, pred_rng=pred_rng, **arrays)
+    names = {key.rsplit(".", 1)[0] for key in cp.means}
+    moments = {
+        name: RunningMoments(int(cp.means[f"{name}.count"]), cp.means[f"{name}.mean"].copy(),
+                             cp.means[f"{name}.m2"].copy())
+        for name in names
+    }
+    return state, moments
+
+
+@dataclass
+class RunResult:
+    iterations_done: int      # in this invocation
+    iteration: int            # where the chain stands
+    n_draws: int
+    seconds: float            # sampling time in this invocation
+    interrupted_by: int | None
+
+
+def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed: int, chain: int,
+              progress=None, stop: StopRequested | None = None) -> RunResult:
+    """Advance a chain to plan.total iterations, resuming from storage's last checkpoint.
+
+    storage: ChainFile or MemoryChain; progress: callable(iterations_done_now) or None.
+    """
+    checkpoint = storage.load()
+    if checkpoint is None:
+        rng, pred_rng = chain_generators(seed, chain)
+        state = initial_state(model, rng, pred_rng)
+        moments = {name: RunningMoments.empty((len(model.ids), model.t)) for name in mean_names
+                   if name in ("U", "eta_hat", "U_R")}
+        moments.update({name: RunningMoments.empty((len(model.ids), model.k)) for name in mean_names
+                        if name == "U_F"})
+        moments.update({name: RunningMoments.empty((model.n, model.k)) for name in mean_names
+                        if name == "F"})
+        n_draws, elapsed = 0, 0.0
+    else:
+        state, moments = from_checkpoint(model, checkpoint)
+        n_draws, elapsed = checkpoint.n_draws, checkpoint.elapsed
+
+    slab = {name: [] for name in sample_names}
+    start_iteration = state.iteration
+    started = time.perf_counter()
+    interrupted = None
+    while state.iteration < plan.total:
+        gibbs_iteration(model, state)
+        it = state.iteration
+        if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
+            reorder_factors(model, state)
+        if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
+            _record(model, state, sample_names, moments, slab)
+            n_draws += 1
+        if progress is not None:
+            progress(it - start_iteration)
+        stop_now = stop is not None and stop.signal is not None
+        if it % plan.checkpoint_every == 0 or it == plan.total or stop_now:
+            now = time.perf_counter()
+            elapsed += now - started
+            started = now
+            stacked = {name: np.stack(vals) for name, vals in slab.items() if vals}
+            storage.commit(stacked, to_checkpoint(model, state, moments, n_draws, elapsed))
+            slab = {name: [] for name in sample_names}
+        if stop_now:
+            interrupted = stop.signal
+            break
+    return RunResult(state.iteration - start_iteration, state.iteration, n_draws,
+                     elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted)
+
+
+def _record(model: Model, state: State, sample_names, moments: dict, slab: dict) -> None:
+    need_effects = any(name in EFFECT_PARAMS for name in list(sample_names) + list(moments))
+    effects = random_effects(model, state) if need_effects else None
+    values = draw(model, state, [n for n in sample_names], effects)
+    for name in sample_names:
+        slab[name].append(values[name])
+    if not moments:
+        return
+    genetic, expected = genetic_and_expected(model, state, *effects)
+    extra = draw(model, state, [n for n in moments if n in ("F", "U_F", "U_R")], effects)
+    for name, mom in moments.items():
+        mom.add(genetic if name == "U" else expected if name == "eta_hat" else extra[name])

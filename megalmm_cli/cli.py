@@ -1,0 +1,322 @@
+"""The `megalmm` command line: thin commands that parse, check, call the library, report."""
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+PIPELINE = ["simulate", "prepare", "sample", "predict", "summarize"]
+
+
+class PipelineOrderGroup(click.Group):
+    """Lists commands in pipeline order in --help."""
+
+    def list_commands(self, ctx):
+        return sorted(self.commands, key=lambda c: PIPELINE.index(c) if c in PIPELINE else 99)
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and details.")
+progress_option = click.option(
+    "--progress/--no-progress", default=None,
+    help="Progress bars on stderr (default: on when stderr is a terminal).")
+
+
+def _progress_enabled(flag) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _echo(message: str) -> None:
+    click.echo(message)
+
+
+def _run(action, verbose: bool):
+    """Run a command body: user errors -> one line + exit 2, others -> exit 1."""
+    try:
+        return action()
+    except UserError as exc:
+        click.echo(f"megalmm: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("megalmm: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # an internal error: a bug, or the machine (disk, memory)
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"megalmm: internal error: {type(exc).__name__}: {exc} "
+                   "(re-run with -v for the traceback)", err=True)
+        sys.exit(1)
+
+
+def _load(config_path: str):
+    from .config import load_config
+
+    return load_config(config_path)
+
+
+@click.group(cls=PipelineOrderGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="megalmm")
+def main():
+    """Fit mega-scale multivariate linear mixed models (MegaLMM) for genomic prediction.
+
+    A YAML config drives the pipeline: `prepare` checks the data and builds the design and
+    rotations, `sample` runs the Gibbs sampler (resumable), `predict` writes genetic values,
+    `summarize` writes G, R and h2. `simulate` writes a data set and config to try it on.
+
+    \b
+    Example:
+      megalmm simulate demo --n 300 --t 200 --k 8
+      megalmm prepare demo/config.yaml
+      megalmm sample demo/config.yaml
+      megalmm predict demo/config.yaml
+      megalmm summarize demo/config.yaml
+    """
+
+
+@main.command()
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--n", "n", default=300, show_default=True, help="Individuals.")
+@click.option("--t", "t", default=200, show_default=True, help="Traits.")
+@click.option("--k", "k", default=8, show_default=True, help="True factors.")
+@click.option("--missing", default=0.2, show_default=True, help="Fraction of cells missing at random.")
+@click.option("--n-new", default=0, show_default=True,
+              help="Individuals with genotypes but no phenotypes (to predict).")
+@click.option("--markers", "n_markers", default=2000, show_default=True, help="Simulated markers.")
+@click.option("--factors", default=None, type=int, help="Factors in the written config [default: 2k].")
+@click.option("--seed", default=1, show_default=True, help="Random seed.")
+@verbose_option
+def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, seed, verbose):
+    """Simulate a data set from the MegaLMM model, with its truth and a ready config.
+
+    Writes phenotypes.csv (wide), covariates.csv, genotypes.csv (0/1/2), kinship.csv,
+    heldout_cells.csv (the true values of the missing cells), truth.h5 and config.yaml.
+
+    \b
+    Example:
+      megalmm simulate example_data --n 300 --t 200 --k 8 --missing 0.2 --seed 1
+    """
+    def action():
+        from .simulate import simulate_data, write_simulation
+
+        if not (0 <= missing < 1):
+            raise UserError(f"--missing: must be in [0, 1), got {missing}")
+        if min(n, t, k) < 1 or n_new < 0 or n_new >= n:
+            raise UserError("--n, --t, --k must be >= 1 and 0 <= --n-new < --n")
+        sim = simulate_data(n, t, k, missing=missing, seed=seed, n_markers=n_markers, n_new=n_new)
+        paths = write_simulation(sim, Path(outdir), factors=factors)
+        _echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
+              f"{missing:.0%} missing) to {outdir}/; config: {paths['config']}")
+
+    _run(action, verbose)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option("--force", is_flag=True, help="Rebuild even if prepared.h5 is up to date.")
+@click.option("--max-memory", default=None,
+              help="Refuse when the estimate exceeds this (e.g. 16G, 500M) [default: 80% of available RAM].")
+@progress_option
+@verbose_option
+def prepare(config, force, max_memory, progress, verbose):
+    """Check the data and build prepared.h5 (design, missing-data groups, rotations).
+
+    Re-running with an unchanged config does nothing; --force rebuilds.
+
+    \b
+    Example:
+      megalmm prepare configs/example.yaml
+    """
+    def action():
+        from .prepare import run_prepare
+
+        cfg = _load(config)
+        limit = _parse_size(max_memory) if max_memory else None
+        bar = _bar(progress, "prepare: groups", unit="group")
+        try:
+            run_prepare(cfg, force=force, max_memory=limit, progress=bar.update_to if bar else None,
+                        echo=_echo)
+        finally:
+            if bar:
+                bar.close()
+
+    _run(action, verbose)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = text.strip().upper().rstrip("B")
+    unit = value[-1] if value and value[-1] in units else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise UserError(f"--max-memory: '{text}' is not a size; use e.g. 16G or 500M") from None
+    return int(number * units[unit])
+
+
+def _bar(flag, desc, total=None, initial=0, unit="it"):
+    if not _progress_enabled(flag):
+        return None
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def update_to(self, done, total=None):
+            if total is not None:
+                self.total = total
+            self.update(done - self.n)
+
+    return Bar(desc=desc, total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option("--chain", type=int, default=None,
+              help="Run only this chain (e.g. $SLURM_ARRAY_TASK_ID) [default: chains 1..mcmc.chains].")
+@click.option("--iterations", type=int, default=None,
+              help="Iterations after burn-in for the chain [default: mcmc.samples]; "
+                   "a larger value extends a finished chain.")
+@progress_option
+@verbose_option
+def sample(config, chain, iterations, progress, verbose):
+    """Run the Gibbs sampler; re-running resumes from the last checkpoint.
+
+    Draws go to <output_dir>/chains/chain_<N>.h5 every mcmc.checkpoint_every iterations,
+    with the full state, so a killed run resumes exactly where it stopped. SIGTERM or
+    SIGINT (e.g. a SLURM time limit) write a checkpoint before exiting.
+
+    \b
+    Examples:
+      megalmm sample configs/example.yaml
+      megalmm sample run.yaml --chain $SLURM_ARRAY_TASK_ID
+      megalmm sample run.yaml --chain 1 --iterations 4000     # extend chain 1
+    """
+    def action():
+        from .prepare import is_up_to_date, run_prepare
+
+        cfg = _load(config)
+        if iterations is not None and iterations < 1:
+            raise UserError(f"--iterations: must be >= 1, got {iterations}")
+        if chain is not None and chain < 0:
+            raise UserError(f"--chain: must be >= 0, got {chain}")
+        if not is_up_to_date(cfg):
+            _echo("prepared.h5 is missing or out of date: running prepare first")
+            run_prepare(cfg, echo=_echo)
+        chains = [chain] if chain is not None else list(range(1, cfg.mcmc.chains + 1))
+        for number in chains:
+            code = _sample_chain(cfg, number, iterations, progress)
+            if code:
+                sys.exit(code)
+
+    _run(action, verbose)
+
+
+def _sample_chain(cfg, number, iterations, progress) -> int:
+    import numpy as np
+
+    from .chain import Plan, StopRequested, run_chain
+    from .prepare import load_model
+    from .runinfo import chain_path, sampling_hash
+    from .storage import ChainFile
+
+    plan = Plan(cfg.mcmc.burn_in, iterations if iterations is not None else cfg.mcmc.samples,
+                cfg.mcmc.thin, cfg.mcmc.reorder_every, cfg.mcmc.checkpoint_every)
+    path = chain_path(cfg, number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = ChainFile(path)
+    expected = sampling_hash(cfg)
+    started = time.perf_counter()
+    model = load_model(cfg)
+    from .posterior import param_shape
+
+    if storage.exists():
+        attrs = storage.attrs()
+        if attrs.get("config_hash") != expected:
+            raise UserError(
+                f"{path}: was sampled with a different config (data, model, priors, seed or "
+                "burn_in/thin/reorder_every changed); move it aside to start a new chain")
+        if attrs.get("numpy_version") != np.__version__:
+            click.echo(f"megalmm: warning: {path} was written with numpy {attrs.get('numpy_version')}, "
+                       f"this is numpy {np.__version__}: the resumed chain is valid but may not "
+                       "repeat an uninterrupted one bit for bit", err=True)
+    else:
+        shapes = {name: param_shape(model, name) for name in cfg.posterior.samples}
+        storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
+                        "burn_in": plan.burn_in, "thin": plan.thin},
+                       shapes, draws_per_chunk=max(1, plan.checkpoint_every // plan.thin))
+    done = int(storage.attrs()["iteration"])
+    if done >= plan.total:
+        _echo(f"chain {number} is complete ({done} iterations, {plan.draws(done)} draws in {path}); "
+              "use --iterations to extend it")
+        return 0
+    setup = time.perf_counter() - started
+    bar = _bar(progress, f"chain {number}", total=plan.total, initial=done)
+    verb = "resuming" if done else "starting"
+    _echo(f"chain {number}: {verb} at iteration {done} of {plan.total} "
+          f"(burn-in {plan.burn_in}, thin {plan.thin}); set-up {setup:.1f} s")
+    with StopRequested() as stop:
+        try:
+            result = run_chain(model, storage, plan, cfg.posterior.samples, cfg.posterior.means,
+                               cfg.run.seed, number,
+                               progress=(lambda i: bar.update_to(done + i)) if bar else None,
+                               stop=stop)
+        finally:
+            if bar:
+                bar.close()
+    per_iter = result.seconds / max(1, result.iterations_done)
+    if result.interrupted_by is not None:
+        _echo(f"chain {number}: stopped by signal {result.interrupted_by} at iteration "
+              f"{result.iteration}; checkpoint written to {path}; re-run the same command to resume")
+        return 128 + int(result.interrupted_by)
+    _echo(f"chain {number}: {result.iterations_done} iterations in {result.seconds:.1f} s "
+          f"({per_iter:.4f} s/iteration), {result.n_draws} draws in {path}")
+    return 0
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@verbose_option
+def predict(config, verbose):
+    """Write genetic values (U, U_sd) and expected phenotypes (eta_hat) from all chains.
+
+    Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
+    including individuals with no phenotype), and test_accuracy.csv when the config names
+    test cells.
+
+    \b
+    Example:
+      megalmm predict configs/example.yaml
+    """
+    def action():
+        from .predict import run_predict
+
+        run_predict(_load(config), echo=_echo)
+
+    _run(action, verbose)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@verbose_option
+def summarize(config, verbose):
+    """Write posterior summaries of G, R and trait h2 from all chains.
+
+    Output: <output_dir>/summary/G.csv, R.csv, h2.csv.
+
+    \b
+    Example:
+      megalmm summarize configs/example.yaml
+    """
+    def action():
+        from .summarize import run_summarize
+
+        run_summarize(_load(config), echo=_echo)
+
+    _run(action, verbose)
+
+
+if __name__ == "__main__":
+    main()

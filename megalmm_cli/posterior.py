@@ -1,0 +1,146 @@
+"""What a draw reports, in the original units of the traits, and running posterior means.
+
+The sampler works on standardised traits and on factors of free scale (tot_f_prec is a
+working parameter). Reported draws rescale factors to unit total variance and traits back
+to their original units (DESIGN.md section 2).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Model, Projection
+from .state import State
+
+SAMPLE_PARAMS = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "tot_f_prec", "B1", "B2F", "F",
+                 "U_F", "U_R", "lambda_prec", "delta", "G", "R", "h2")
+MEAN_PARAMS = ("U", "eta_hat", "F", "U_F", "U_R")
+
+
+def param_shape(model: Model, name: str) -> tuple:
+    """Shape of one draw of a reported parameter."""
+    N, n, t, k = len(model.ids), model.n, model.t, model.k
+    shapes = {
+        "Lambda": (k, t), "f_h2": (k,), "resid_h2": (t,), "tot_eta_prec": (t,), "tot_f_prec": (k,),
+        "B1": (model.x1_all.shape[1], t), "B2F": (model.x2_all.shape[1], k), "F": (n, k),
+        "U_F": (N, k), "U_R": (N, t), "lambda_prec": (k, t), "delta": (k,), "G": (t, t),
+        "R": (t, t), "h2": (t,), "U": (N, t), "eta_hat": (N, t),
+    }
+    return shapes[name]
+
+
+def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
+    """Random effects on all individuals from rotated ones on `rows`.
+
+    u_rot: (n_g, c) in the rotation; sd: (c,) prior sd scale sqrt(h2 / tot_prec).
+    Returns (N, c): rows from Q u*, others drawn from their conditional given them.
+    """
+    out = np.empty((n_all, u_rot.shape[1]))
+    out[rows] = rot_vectors @ u_rot
+    if projection.other_rows.size:
+        noise = projection.chol @ rng.standard_normal((projection.chol.shape[1], u_rot.shape[1]))
+        out[projection.other_rows] = projection.mean_map @ u_rot + noise * sd[None, :]
+    return out
+
+
+def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
+    """U_F (N, k) and U_R (N, t) for every individual, standardised units, free factor scale."""
+    N = len(model.ids)
+    rng = state.pred_rng
+    f_h2 = model.grid[state.f_h2_index]
+    u_f = _project(model.factor_rot.vectors, state.U_F_rot, model.factor_projection, N,
+                   np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec), rng)
+    resid_h2 = model.grid[state.resid_h2_index]
+    u_r = np.empty((N, model.t))
+    for gi, g in enumerate(model.groups):
+        sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
+        u_r[:, g.cols] = _project(g.rot.vectors, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng)
+    return u_f, u_r
+
+
+def genetic_and_expected(model: Model, state: State, u_f, u_r) -> tuple[np.ndarray, np.ndarray]:
+    """Genetic values U = U_F Lambda + U_R and expected phenotypes eta_hat, original units.
+
+    eta_hat = X1 B1 + F Lambda + U_R; individuals outside the training rows take F at its
+    conditional mean X2 B2F + U_F. Both (N, t).
+    """
+    scores = np.vstack([state.F, model.x2_all[model.n:] @ state.B2F + u_f[model.n:]])
+    genetic = u_f @ state.Lambda + u_r
+    expected = model.x1_all @ state.B1 + scores @ state.Lambda + u_r
+    return genetic * model.trait_sd, expected * model.trait_sd + model.trait_mean
+
+
+def draw(model: Model, state: State, names, effects=None) -> dict:
+    """Reported parameters of the current state, original units, unit-variance factors."""
+    sd = model.trait_sd
+    f_sd = 1.0 / np.sqrt(state.tot_f_prec)
+    lam = state.Lambda * f_sd[:, None] * sd[None, :]
+    resid_h2 = model.grid[state.resid_h2_index]
+    f_h2 = model.grid[state.f_h2_index]
+    tot_eta_prec = state.tot_eta_prec / sd**2
+    out = {}
+    for name in names:
+        if name == "Lambda":
+            out[name] = lam
+        elif name == "f_h2":
+            out[name] = f_h2
+        elif name == "resid_h2":
+            out[name] = resid_h2
+        elif name == "tot_eta_prec":
+            out[name] = tot_eta_prec
+        elif name == "tot_f_prec":
+            out[name] = state.tot_f_prec.copy()
+        elif name == "B1":
+            b1 = state.B1 * sd[None, :]
+            if "Intercept" in model.x1_names:
+                b1[model.x1_names.index("Intercept")] += model.trait_mean
+            out[name] = b1
+        elif name == "B2F":
+            out[name] = state.B2F / f_sd[None, :]
+        elif name == "F":
+            out[name] = state.F / f_sd[None, :]
+        elif name in ("U_F", "U_R"):
+            u_f, u_r = effects if effects is not None else random_effects(model, state)
+            out[name] = u_f / f_sd[None, :] if name == "U_F" else u_r * sd[None, :]
+        elif name == "lambda_prec":
+            out[name] = state.lambda_prec.copy()
+        elif name == "delta":
+            out[name] = state.delta.copy()
+        elif name in ("G", "R", "h2"):
+            out.update({key: val for key, val in covariances(lam, f_h2, resid_h2, tot_eta_prec).items()
+                        if key == name})
+        else:
+            raise KeyError(name)
+    return out
+
+
+def covariances(lam, f_h2, resid_h2, tot_eta_prec) -> dict:
+    """G, R (t, t) and h2 (t,) from one draw (unit-variance factors, original units)."""
+    genetic = (lam.T * f_h2[None, :]) @ lam + np.diag(resid_h2 / tot_eta_prec)
+    residual = (lam.T * (1.0 - f_h2)[None, :]) @ lam + np.diag((1.0 - resid_h2) / tot_eta_prec)
+    h2 = np.diag(genetic) / (np.diag(genetic) + np.diag(residual))
+    return {"G": genetic, "R": residual, "h2": h2}
+
+
+@dataclass
+class RunningMoments:
+    """Running mean and sum of squared deviations (Welford), weighted by draw counts."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, shape):
+        return cls(0, np.zeros(shape), np.zeros(shape))
+
+    def add(self, value: np.ndarray) -> None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+
+    def sd(self) -> np.ndarray:
+        if self.count < 2:
+            return np.full_like(self.mean, np.nan)
+        return np.sqrt(self.m2 / (self.count - 1))

@@ -1,0 +1,186 @@
+"""Posterior storage: an HDF5 chain file (and an in-memory twin for tests).
+
+Layout of chains/chain_<N>.h5:
+    attrs                 format_version, package_version, numpy_version, config_hash, chain,
+                          n_draws, iteration, active (which state buffer is current)
+    /samples/<param>      (draw, ...) chunked, resizable, gzip
+    /state_a, /state_b    two checkpoint buffers: parameters, Generator states, running means
+
+A checkpoint appends the new draws beyond the committed count, writes the inactive state
+buffer, and only then updates n_draws / iteration / active, so an interrupted write leaves
+the previous checkpoint intact; on resume, draws beyond n_draws are discarded.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from . import FORMAT_VERSION, __version__
+from .errors import UserError
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume: flat arrays (lists as name/index), Generator states, means."""
+
+    iteration: int
+    n_draws: int
+    arrays: dict                     # name -> array, or name -> list of arrays
+    rng_states: dict                 # name -> bit_generator.state
+    means: dict                      # name -> array (running means / M2 and counts)
+    elapsed: float = 0.0
+
+
+@dataclass
+class MemoryChain:
+    """In-memory storage with the same interface as ChainFile (for tests)."""
+
+    samples: dict = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+
+    def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
+        for name, values in slab.items():
+            old = self.samples.get(name)
+            self.samples[name] = values.copy() if old is None else np.concatenate([old, values])
+        self.checkpoint = _copy_checkpoint(checkpoint)
+
+    def load(self) -> Checkpoint | None:
+        return None if self.checkpoint is None else _copy_checkpoint(self.checkpoint)
+
+
+def _copy_checkpoint(cp: Checkpoint) -> Checkpoint:
+    def copy(v):
+        return [a.copy() for a in v] if isinstance(v, list) else np.array(v, copy=True)
+
+    return Checkpoint(cp.iteration, cp.n_draws, {k: copy(v) for k, v in cp.arrays.items()},
+                      json.loads(json.dumps(cp.rng_states)), {k: copy(v) for k, v in cp.means.items()},
+                      cp.elapsed)
+
+
+class ChainFile:
+    """One chain's HDF5 file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    # -- creation -----------------------------------------------------------------------
+    def create(self, attrs: dict, sample_shapes: dict, draws_per_chunk: int) -> None:
+        """Write an empty chain file (atomically: temporary name, then rename)."""
+        tmp = self.path + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({
+                "format_version": FORMAT_VERSION, "package_version": __version__,
+                "numpy_version": np.__version__, "n_draws": 0, "iteration": 0, "active": "",
+                "elapsed_seconds": 0.0,
+            })
+            f.attrs.update(attrs)
+            samples = f.create_group("samples")
+            for name, shape in sample_shapes.items():
+                per_draw = max(1, int(np.prod(shape)))
+                chunk_draws = max(1, min(draws_per_chunk, (1 << 20) // (8 * per_draw)))
+                samples.create_dataset(
+                    name, shape=(0, *shape), maxshape=(None, *shape), dtype="f8",
+                    chunks=(chunk_draws, *shape) if per_draw * chunk_draws > 0 else None,
+                    compression="gzip", compression_opts=1, shuffle=True,
+                )
+        os.replace(tmp, self.path)
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def attrs(self) -> dict:
+        with self._open("r") as f:
+            return dict(f.attrs)
+
+    def _open(self, mode):
+        try:
+            return h5py.File(self.path, mode)
+        except OSError as exc:
+            raise UserError(
+                f"{self.path}: cannot open the chain file ({exc}); it may be corrupted: "
+                "move it aside to start this chain again"
+            ) from None
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
+        """Append draws and write a checkpoint; the commit marker attributes are written last."""
+        with self._open("r+") as f:
+            committed = int(f.attrs["n_draws"])
+            for name, values in slab.items():
+                dset = f["samples"][name]
+                dset.resize(committed + values.shape[0], axis=0)
+                dset[committed:] = values
+            target = "state_b" if f.attrs["active"] == "state_a" else "state_a"
+            group = f.require_group(target)
+            _write_tree(group.require_group("arrays"), checkpoint.arrays)
+            _write_tree(group.require_group("means"), checkpoint.means)
+            group.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
+            group.attrs["iteration"] = checkpoint.iteration
+            f.flush()
+            f.attrs["n_draws"] = checkpoint.n_draws
+            f.attrs["iteration"] = checkpoint.iteration
+            f.attrs["elapsed_seconds"] = checkpoint.elapsed
+            f.attrs["active"] = target
+            f.flush()
+
+    def load(self) -> Checkpoint | None:
+        """The last committed checkpoint (None for a chain with no checkpoint yet)."""
+        with self._open("r+") as f:
+            active = f.attrs["active"]
+            if not active:
+                return None
+            n_draws = int(f.attrs["n_draws"])
+            for dset in f["samples"].values():
+                if dset.shape[0] != n_draws:  # draws of an interrupted checkpoint
+                    dset.resize(n_draws, axis=0)
+            group = f[active]
+            return Checkpoint(
+                iteration=int(f.attrs["iteration"]), n_draws=n_draws,
+                arrays=_read_tree(group["arrays"]), rng_states=json.loads(group.attrs["rng_states"]),
+                means=_read_tree(group["means"]), elapsed=float(f.attrs["elapsed_seconds"]),
+            )
+
+    def read_samples(self, name: str) -> np.ndarray:
+        with self._open("r") as f:
+            n = int(f.attrs["n_draws"])
+            return f["samples"][name][:n]
+
+    def read_means(self) -> dict:
+        with self._open("r") as f:
+            return _read_tree(f[f.attrs["active"]]["means"]) if f.attrs["active"] else {}
+
+
+def _write_tree(group, arrays: dict) -> None:
+    """Write name -> array (or list of arrays) in place, reusing datasets of the same shape."""
+    for name, value in arrays.items():
+        items = {name: value} if not isinstance(value, list) else None
+        if items is None:
+            sub = group.require_group(name)
+            sub.attrs["length"] = len(value)
+            for i, arr in enumerate(value):
+                _write_array(sub, str(i), arr)
+        else:
+            _write_array(group, name, value)
+
+
+def _write_array(group, name, value) -> None:
+    value = np.asarray(value)
+    if name in group and (group[name].shape != value.shape or group[name].dtype != value.dtype):
+        del group[name]
+    if name in group:
+        group[name][...] = value
+    else:
+        group.create_dataset(name, data=value)
+
+
+def _read_tree(group) -> dict:
+    out = {}
+    for name, item in group.items():
+        if isinstance(item, h5py.Group):
+            out[name] = [item[str(i)][()] for i in range(int(item.attrs["length"]))]
+        else:
+            out[name] = item[()]
+    return out
