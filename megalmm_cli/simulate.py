@@ -177,7 +177,7 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     tot_eta_prec = 1.0 / sigma2
     U = U_F @ Lambda
     U += U_R
-    G = (Lambda.T * f_h2) @ Lambda * 0.8
+    G = (Lambda.T * f_h2) @ Lambda
     G[np.diag_indices(t)] += resid_h2 * sigma2
     R = (Lambda.T * (1.0 - f_h2)) @ Lambda
     R[np.diag_indices(t)] += (1.0 - resid_h2) * sigma2
