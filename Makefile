@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/megalmm sample $(DEMO_CONFIG)
 	$(BIN)/megalmm predict $(DEMO_CONFIG)
 	$(BIN)/megalmm summarize $(DEMO_CONFIG)
-	@echo "Demo finished: results are under runs/example/ (predictions/, summary/report.md)"
+	@echo "Demo finished. Results: runs/example/predictions/ (U.csv, U_sd.csv, eta_hat.csv, test_accuracy.csv) and runs/example/summary/ (G.csv, R.csv, h2.csv)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

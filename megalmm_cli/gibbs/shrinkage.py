@@ -5,6 +5,7 @@ Lambda's prior precision is relative: lambda_lj ~ N(0, 1 / (tot_eta_prec_j * lam
 
 import numpy as np
 import scipy.special as sc
+from numba import njit
 
 
 def truncated_gamma_above_one(shape, rate, uniform):
@@ -15,13 +16,40 @@ def truncated_gamma_above_one(shape, rate, uniform):
     return max(1.0, sc.gammainccinv(shape, tail * (1.0 - uniform)) / rate)
 
 
+@njit(cache=True)
+def _delta_sweeps(delta, half_ss, rates0, std_gammas, start_it, start_h):
+    """Sweeps of the ARD delta_h | rest, from (start_it, start_h), in place.
+
+    delta_h = std_gammas[it, h] / rate_h with rate_h = rates0[h] + sum_{l>=h} tau_l s_l / delta_h.
+    Stops and returns (it, h, rate_h) when a truncated draw (h > 0) falls below 1: the caller
+    then draws from the truncated tail and continues. Returns (-1, -1, 0) when done.
+    """
+    iterations, k = std_gammas.shape
+    for it in range(start_it, iterations):
+        for h in range(start_h if it == start_it else 0, k):
+            tau = 1.0
+            total = 0.0
+            for l in range(k):
+                tau *= delta[l]
+                if l >= h:
+                    total += tau * half_ss[l]
+            rate = rates0[h] + total / delta[h]
+            value = std_gammas[it, h] / rate
+            if h > 0 and value < 1.0:
+                return it, h, rate
+            delta[h] = value
+    return -1, -1, 0.0
+
+
 def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
     """ARD / multiplicative gamma process (Bhattacharya & Dunson 2011).
 
-    lam: (k, t) loadings; tot_eta_prec: (t,); delta: (k,) current values.
+    lam: (k, t) loadings; tot_eta_prec: (t,); delta: (k,) current values;
+    delta_1, delta_2: (shape, rate) of the first and later deltas.
     phi_lj ~ Gamma((df + 1) / 2, (df + tau_l tot_eta_prec_j lam_lj^2) / 2), then `iterations`
     sweeps over delta_h given phi (delta_h >= 1 for h > 1), tau_l = prod_{h <= l} delta_h.
-    delta_1, delta_2: (shape, rate) of the first and later deltas.
+    A truncated delta is an untruncated draw when that lands >= 1, else an inverse-CDF draw
+    from the tail: together exactly the truncated distribution.
     Returns phi (k, t), delta (k,), lambda_prec = phi * tau (k, t).
     """
     k, t = lam.shape
@@ -31,16 +59,18 @@ def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
     half_ss = 0.5 * (phi * scaled_sq).sum(axis=1)  # (k,)
     delta = delta.copy()
     shapes = np.array([delta_1[0]] + [delta_2[0]] * (k - 1)) + 0.5 * t * (k - np.arange(k))
-    rates0 = np.array([delta_1[1]] + [delta_2[1]] * (k - 1))
+    rates0 = np.array([delta_1[1]] + [delta_2[1]] * (k - 1), dtype=np.float64)
+    std_gammas = rng.standard_gamma(shapes, size=(iterations, k))
     uniforms = rng.random((iterations, k))
-    for it in range(iterations):
-        for h in range(k):
-            tau = np.cumprod(delta)
-            rate = rates0[h] + np.dot(tau[h:], half_ss[h:]) / delta[h]
-            if h == 0:
-                delta[h] = sc.gammainccinv(shapes[h], 1.0 - uniforms[it, h]) / rate
-            else:
-                delta[h] = truncated_gamma_above_one(shapes[h], rate, uniforms[it, h])
+    it, h = 0, 0
+    while True:
+        it, h, rate = _delta_sweeps(delta, half_ss, rates0, std_gammas, it, h)
+        if it < 0:
+            break
+        delta[h] = truncated_gamma_above_one(shapes[h], rate, uniforms[it, h])
+        it, h = (it, h + 1) if h + 1 < k else (it + 1, 0)
+        if it == iterations:
+            break
     tau = np.cumprod(delta)
     return phi, delta, phi * tau[:, None]
 

@@ -5,6 +5,7 @@ Everything is in the rotated basis of one random effect, where column j has vari
 """
 
 import numpy as np
+from numba import njit, prange
 
 from ..gridlmm import draw_grid_index, grid_loglik
 
@@ -26,8 +27,18 @@ def sample_random_effects(resid_rot, eigenvalues, h2, tot_prec, normals):
     mean_i = h2 s_i / (h2 s_i + 1 - h2) e*_i, var_i = h2 s_i (1 - h2) / (h2 s_i + 1 - h2) / tot_prec.
     Columns with h2 = 0 (and coordinates with s_i = 0) get exactly 0. Returns (n, c).
     """
-    genetic = h2[None, :] * eigenvalues[:, None]
-    total = genetic + (1.0 - h2)[None, :]
-    shrink = genetic / total
-    var = shrink * (1.0 - h2)[None, :] / tot_prec[None, :]
-    return shrink * resid_rot + np.sqrt(var) * normals
+    out = np.empty_like(resid_rot)
+    _random_effects_kernel(resid_rot, eigenvalues, h2, tot_prec, normals, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _random_effects_kernel(resid_rot, eigenvalues, h2, tot_prec, normals, out):
+    n, c = resid_rot.shape
+    for i in prange(n):
+        s = eigenvalues[i]
+        for j in range(c):
+            genetic = h2[j] * s
+            shrink = genetic / (genetic + 1.0 - h2[j])
+            var = shrink * (1.0 - h2[j]) / tot_prec[j]
+            out[i, j] = shrink * resid_rot[i, j] + np.sqrt(var) * normals[i, j]
