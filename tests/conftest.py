@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from megalmm_cli.model import Priors, build_model
+from megalmm_cli.simulate import simulate_data
+
+DEFAULT_PRIORS = Priors(
+    tot_eta_shape=4.0, tot_eta_rate=2.5, tot_f_shape=19.0, tot_f_rate=18.0, lambda_type="ARD",
+    lambda_df=3.0, delta_1=(2.0, 1.0), delta_2=(3.0, 1.0), delta_iterations=20, lambda_prop_0=0.1,
+    b2_type="horseshoe", b2_prop_0=0.1, b2_ridge_prec=1.0,
+)
+
+
+def model_from_simulation(sim, k, max_groups="auto", priors=DEFAULT_PRIORS, divisions=10):
+    values = np.where(sim.observed, sim.Y, np.nan)
+    return build_model(sim.ids, sim.traits, values, sim.kinship, sim.X1, ["Intercept", "pop", "x"],
+                       np.zeros((sim.n, 0)), k, divisions, priors, max_groups=max_groups)
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """60 individuals (5 without phenotypes) x 12 traits, 20% missing, imputed cells."""
+    sim = simulate_data(60, 12, 3, missing=0.2, seed=5, n_markers=300, n_new=5)
+    return model_from_simulation(sim, k=4, max_groups=1)

@@ -1,0 +1,176 @@
+"""Checkpoints and resume: a resumed chain equals an uninterrupted one exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from megalmm_cli.chain import Plan, run_chain
+from megalmm_cli.storage import ChainFile, MemoryChain
+
+PLAN = Plan(burn_in=20, samples=40, thin=2, reorder_every=10, checkpoint_every=15)
+SAMPLES = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1", "U_R")
+MEANS = ("U", "eta_hat")
+
+
+class StopAfter:
+    """Acts like a SIGTERM arriving after a given number of iterations."""
+
+    def __init__(self, iterations):
+        self.left = iterations
+        self.signal = None
+
+    def tick(self, done):
+        if done >= self.left:
+            self.signal = signal.SIGTERM
+
+
+def run(model, storage, stop_after=None):
+    stop = StopAfter(stop_after) if stop_after else None
+    return run_chain(model, storage, PLAN, SAMPLES, MEANS, seed=7, chain=1,
+                     progress=stop.tick if stop else None, stop=stop)
+
+
+def assert_same_chain(a_samples, a_cp, b_samples, b_cp):
+    assert a_samples.keys() == b_samples.keys()
+    for name in a_samples:
+        np.testing.assert_array_equal(a_samples[name], b_samples[name], err_msg=name)
+    assert a_cp.iteration == b_cp.iteration and a_cp.n_draws == b_cp.n_draws
+    assert a_cp.rng_states == b_cp.rng_states
+    for name in a_cp.means:
+        np.testing.assert_array_equal(a_cp.means[name], b_cp.means[name], err_msg=name)
+    for name, value in a_cp.arrays.items():
+        other = b_cp.arrays[name]
+        if isinstance(value, list):
+            for x, y in zip(value, other):
+                np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            np.testing.assert_array_equal(value, other, err_msg=name)
+
+
+def test_memory_chain_draws_and_means(small_model):
+    store = MemoryChain()
+    result = run(small_model, store)
+    assert result.iteration == PLAN.total and result.n_draws == PLAN.samples // PLAN.thin
+    assert store.samples["Lambda"].shape == (20, small_model.k, small_model.t)
+    assert store.samples["U_R"].shape == (20, len(small_model.ids), small_model.t)
+    cp = store.load()
+    assert int(cp.means["U.count"]) == 20
+    assert np.all(np.isfinite(store.samples["Lambda"]))
+
+
+@pytest.mark.parametrize("stop_at", [7, 15, 31, 44])
+def test_resume_is_bit_identical(small_model, stop_at, tmp_path):
+    whole = MemoryChain()
+    run(small_model, whole)
+    pieces = ChainFile(tmp_path / "chain_1.h5")
+    pieces.create({"config_hash": "x"}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
+    first = run(small_model, pieces, stop_after=stop_at)
+    assert first.interrupted_by == signal.SIGTERM and first.iteration == stop_at
+    second = run(small_model, pieces)
+    assert second.iteration == PLAN.total
+    samples = {name: pieces.read_samples(name) for name in SAMPLES}
+    assert_same_chain(whole.samples, whole.load(), samples, pieces.load())
+
+
+def _shape(model, name):
+    from megalmm_cli.posterior import param_shape
+
+    return param_shape(model, name)
+
+
+def test_uncommitted_draws_are_discarded(small_model, tmp_path):
+    """Draws appended by a checkpoint that never got its commit marker are dropped on load."""
+    chain = ChainFile(tmp_path / "c.h5")
+    chain.create({}, {"f_h2": (small_model.k,)}, 4)
+    run_chain(small_model, chain, Plan(0, 10, 1, 0, 5), ("f_h2",), (), seed=1, chain=1)
+    import h5py
+
+    with h5py.File(chain.path, "r+") as f:  # a half-written checkpoint: draws but no marker
+        f["samples/f_h2"].resize(13, axis=0)
+    cp = chain.load()
+    assert cp.n_draws == 10 and chain.read_samples("f_h2").shape[0] == 10
+
+
+def write_config(tmp_path, name, data_dir):
+    cfg = yaml.safe_load(open(data_dir / "config.yaml"))
+    cfg["run"] = {"name": name, "output_dir": str(tmp_path / name), "seed": 3}
+    cfg["mcmc"] = {"burn_in": 40, "reorder_every": 20, "samples": 160, "thin": 2,
+                   "checkpoint_every": 10, "chains": 1}
+    cfg["model"]["factors"] = 4
+    path = data_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory):
+    from megalmm_cli.simulate import simulate_data, write_simulation
+
+    out = tmp_path_factory.mktemp("sim")
+    write_simulation(simulate_data(80, 30, 3, missing=0.2, seed=11, n_markers=300), out)
+    return out
+
+
+def megalmm(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "megalmm_cli.cli", *args], capture_output=True,
+                          text=True, **kwargs)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(sim_dir, tmp_path):
+    whole_cfg = write_config(tmp_path, "whole", sim_dir)
+    killed_cfg = write_config(tmp_path, "killed", sim_dir)
+    done = megalmm("sample", str(whole_cfg))
+    assert done.returncode == 0, done.stderr
+    assert megalmm("prepare", str(killed_cfg)).returncode == 0
+    rng = np.random.default_rng(0)
+    for attempt in range(3):  # kill at a few random moments, resuming each time
+        proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(killed_cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(1.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = megalmm("sample", str(killed_cfg))
+    assert finished.returncode == 0, finished.stderr
+    a = ChainFile(tmp_path / "whole" / "chains" / "chain_1.h5")
+    b = ChainFile(tmp_path / "killed" / "chains" / "chain_1.h5")
+    for name in ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1"):
+        np.testing.assert_array_equal(a.read_samples(name), b.read_samples(name), err_msg=name)
+    ma, mb = a.read_means(), b.read_means()
+    for name in ma:
+        np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+
+
+def test_sigterm_writes_checkpoint_and_exit_code(sim_dir, tmp_path):
+    cfg = write_config(tmp_path, "term", sim_dir)
+    assert megalmm("prepare", str(cfg)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    chain = ChainFile(tmp_path / "term" / "chains" / "chain_1.h5")
+    if proc.returncode == 0:  # finished before the signal arrived
+        pytest.skip("the chain finished before SIGTERM")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint written" in out
+    stopped_at = int(chain.attrs()["iteration"])
+    assert 0 < stopped_at < 200
+    resumed = megalmm("sample", str(cfg))
+    assert resumed.returncode == 0 and f"resuming at iteration {stopped_at}" in resumed.stdout
+
+
+def test_iterations_extends_a_finished_chain(sim_dir, tmp_path):
+    cfg = write_config(tmp_path, "ext", sim_dir)
+    assert megalmm("sample", str(cfg)).returncode == 0
+    again = megalmm("sample", str(cfg))
+    assert again.returncode == 0 and "is complete" in again.stdout
+    more = megalmm("sample", str(cfg), "--iterations", "200")
+    assert more.returncode == 0, more.stderr
+    chain = ChainFile(tmp_path / "ext" / "chains" / "chain_1.h5")
+    assert int(chain.attrs()["iteration"]) == 240 and chain.read_samples("f_h2").shape[0] == 100
