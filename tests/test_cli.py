@@ -1,0 +1,83 @@
+"""CLI conventions: --help with examples, --version, exit codes 0 / 2 / 1, one-line errors."""
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from megalmm_cli import __version__
+from megalmm_cli.cli import main
+
+COMMANDS = ["simulate", "prepare", "sample", "predict", "summarize"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"megalmm {command}" in result.output
+
+
+def test_commands_listed_in_pipeline_order():
+    text = invoke("--help").output.split("Commands:")[1]
+    positions = [text.index(f"  {c}") for c in COMMANDS]
+    assert positions == sorted(positions)
+
+
+def test_missing_config_is_a_one_line_user_error(tmp_path):
+    result = invoke("prepare", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("megalmm: error: ") and "nope.yaml" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_bad_option_value_is_exit_2(tmp_path):
+    result = invoke("simulate", str(tmp_path / "x"), "--missing", "1.5")
+    assert result.exit_code == 2 and "--missing" in result.stderr
+
+
+def test_internal_error_is_exit_1(tmp_path, monkeypatch):
+    import megalmm_cli.predict as predict
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(predict, "run_predict", boom)
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "p.csv").write_text("id,a\ni1,1\n")
+    (tmp_path / "k.csv").write_text("id,i1\ni1,1\n")
+    cfg.write_text(yaml.safe_dump({"data": {"phenotypes": {"file": "p.csv"},
+                                            "kinships": {"id": {"file": "k.csv"}}}}))
+    result = invoke("predict", str(cfg))
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: disk on fire" in result.stderr
+
+
+def test_whole_pipeline_on_a_small_simulation(tmp_path):
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200",
+                  "--n-new", "3").exit_code == 0
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
+                   "reorder_every": 5, "chains": 2}
+    (data / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = str(data / "config.yaml")
+    for command in ("prepare", "sample", "predict", "summarize"):
+        result = invoke(command, cfg)
+        assert result.exit_code == 0, (command, result.output, result.stderr)
+    run = data / "run"
+    for name in ("predictions/U.csv", "predictions/U_sd.csv", "predictions/eta_hat.csv",
+                 "predictions/test_accuracy.csv", "summary/G.csv", "summary/R.csv", "summary/h2.csv",
+                 "chains/chain_1.h5", "chains/chain_2.h5"):
+        assert (run / name).stat().st_size > 0, name
+    u = (run / "predictions/U.csv").read_text().splitlines()
+    assert len(u) == 41 and u[0].split(",")[0] == "id"  # every individual, incl. unphenotyped
