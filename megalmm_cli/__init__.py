@@ -16,6 +16,10 @@ def _single_threaded_blas_by_default() -> None:
                                             "OMP_NUM_THREADS", "BLIS_NUM_THREADS")):
         for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
             os.environ[var] = "1"
+        # numpy may already be imported (its BLAS then read the variables): limit it now too
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
 
 
 _single_threaded_blas_by_default()

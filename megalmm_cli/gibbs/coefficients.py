@@ -14,7 +14,7 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
 - b <= JOINT_MAX: tot_prec_j with beta_j integrated out, then beta_j jointly (one b x b
   Cholesky per column);
 - b > JOINT_MAX: tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE, each block
-  given the others (cost b^2 per column instead of b^3).
+  given the others (cost about 2 b^2 + b BLOCK_SIZE^2 / 3 per column instead of b^3 / 3).
 """
 
 import numpy as np
@@ -23,7 +23,7 @@ from numba import njit, prange
 from .linalg import cholesky_lower, solve_lower, solve_upper_t
 
 JOINT_MAX = 64
-BLOCK_SIZE = 32
+BLOCK_SIZE = 24
 
 
 def is_collapsed(n_coefs: int) -> bool:
@@ -50,44 +50,73 @@ def sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamm
     """
     c, b = xty.shape
     tot_prec = np.empty(c)
-    collapsed = b <= JOINT_MAX
     for j in prange(c):
         g = gram[grid_of_col[j]]
-        if collapsed:
+        if b <= JOINT_MAX:
             prec = g.copy()
             for p in range(b):
                 prec[p, p] += prior_prec[j, p]
             low = cholesky_lower(prec)
             v = solve_lower(low, xty[j])
-            quad = yty[j] - np.dot(v, v)
+            quad = yty[j] - _dot(v, v)
             tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
             tot_prec[j] = tau
             coefs[j] = solve_upper_t(low, v + normals[j] / np.sqrt(tau))
         else:
-            beta = coefs[j].copy()
-            gb = g @ beta
-            quad = yty[j] - 2.0 * np.dot(beta, xty[j]) + np.dot(beta, gb)
-            for p in range(b):
-                quad += prior_prec[j, p] * beta[p] * beta[p]
-            tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
-            tot_prec[j] = tau
-            sd = 1.0 / np.sqrt(tau)
-            for start in range(0, b, BLOCK_SIZE):
-                stop = min(start + BLOCK_SIZE, b)
-                m = stop - start
-                prec = np.empty((m, m))
-                rhs = np.empty(m)
-                for p in range(m):
-                    rhs[p] = xty[j, start + p] - np.dot(g[start + p], beta) + np.dot(
-                        g[start + p, start:stop], beta[start:stop])
-                    for q in range(m):
-                        prec[p, q] = g[start + p, start + q]
-                    prec[p, p] += prior_prec[j, start + p]
-                low = cholesky_lower(prec)
-                v = solve_lower(low, rhs)
-                beta[start:stop] = solve_upper_t(low, v + normals[j, start:stop] * sd)
-            coefs[j] = beta
+            tot_prec[j] = _blocked_update(g, xty[j], yty[j], prior_prec[j], rate0[j], std_gamma[j],
+                                          normals[j], coefs[j])
     return tot_prec
+
+
+@njit(cache=True, fastmath=True)
+def _dot(x, y):
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += x[i] * y[i]
+    return total
+
+
+@njit(cache=True, fastmath=True)
+def _blocked_update(g, xty, yty, prior, rate0, std_gamma, normals, beta):
+    """tot_prec | beta, then beta in blocks of BLOCK_SIZE given the rest; beta updated in place.
+
+    Keeps g_beta = G beta up to date so each block costs O(b * block) beyond its Cholesky.
+    """
+    b = beta.shape[0]
+    g_beta = np.empty(b)
+    for p in range(b):
+        g_beta[p] = _dot(g[p], beta)
+    quad = yty - 2.0 * _dot(beta, xty) + _dot(beta, g_beta)
+    for p in range(b):
+        quad += prior[p] * beta[p] * beta[p]
+    tau = std_gamma / (rate0 + 0.5 * max(quad, 0.0))
+    sd = 1.0 / np.sqrt(tau)
+    prec = np.empty((BLOCK_SIZE, BLOCK_SIZE))
+    rhs = np.empty(BLOCK_SIZE)
+    change = np.empty(BLOCK_SIZE)
+    for start in range(0, b, BLOCK_SIZE):
+        m = min(BLOCK_SIZE, b - start)
+        for p in range(m):
+            row = g[start + p]
+            own = 0.0
+            for q in range(m):
+                prec[p, q] = row[start + q]
+                own += row[start + q] * beta[start + q]
+            prec[p, p] += prior[start + p]
+            rhs[p] = xty[start + p] - g_beta[start + p] + own
+        low = cholesky_lower(prec[:m, :m])
+        v = solve_lower(low, rhs[:m])
+        new = solve_upper_t(low, v + normals[start:start + m] * sd)
+        for q in range(m):
+            change[q] = new[q] - beta[start + q]
+            beta[start + q] = new[q]
+        for p in range(b):
+            row = g[p]
+            total = 0.0
+            for q in range(m):
+                total += row[start + q] * change[q]
+            g_beta[p] += total
+    return tau
 
 
 def grouped_normal_equations(x_rot, y_rot, weights, grid_index):

@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def cholesky_lower(a):
     """Lower Cholesky factor L of a symmetric positive definite (b, b) matrix."""
     b = a.shape[0]
@@ -25,7 +25,7 @@ def cholesky_lower(a):
     return low
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def solve_lower(low, rhs):
     """Solve L x = rhs for lower-triangular L; rhs (b,)."""
     b = rhs.shape[0]
@@ -38,7 +38,7 @@ def solve_lower(low, rhs):
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def solve_upper_t(low, rhs):
     """Solve L' x = rhs for lower-triangular L; rhs (b,)."""
     b = rhs.shape[0]
