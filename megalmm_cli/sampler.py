@@ -5,6 +5,7 @@ import numpy as np
 from .gibbs.coefficients import gamma_shape, grouped_normal_equations, sample_coefficients
 from .gibbs.factors import sample_factor_scores
 from .gibbs.missing import impute_cells
+from .gibbs.random import normals
 from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
 from .gibbs.variance import sample_h2_index, sample_random_effects
 from .model import Model
@@ -18,11 +19,11 @@ def impute_missing(model: Model, state: State) -> None:
     for gi, g in enumerate(model.groups):
         if g.miss_rows.size == 0:
             continue
-        normals = state.rng.standard_normal(g.miss_rows.size)
+        noise = normals(state.rng, g.miss_rows.size)
         impute_cells(
             g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, g.cols]),
             state.F[g.rows], np.ascontiguousarray(state.Lambda[:, g.cols]), g.rot.vectors,
-            state.U_R_rot[gi], resid_sd[g.cols], normals, state.Y[gi], state.Y_rot[gi],
+            state.U_R_rot[gi], resid_sd[g.cols], noise, state.Y[gi], state.Y_rot[gi],
         )
 
 
@@ -42,9 +43,9 @@ def sample_trait_side(model: Model, state: State) -> None:
         coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
         shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
         std_gamma = rng.standard_gamma(shape, size=t_g)
-        normals = rng.standard_normal(coefs_t.shape)
         tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec,
-                                  np.full(t_g, p.tot_eta_rate), std_gamma, normals, coefs_t)
+                                  np.full(t_g, p.tot_eta_rate), std_gamma,
+                                  normals(rng, coefs_t.shape), coefs_t)
         coefs = coefs_t.T
         state.tot_eta_prec[cols] = tau
         b1_block = np.zeros((state.B1.shape[0], t_g))
@@ -56,7 +57,7 @@ def sample_trait_side(model: Model, state: State) -> None:
         index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
         state.resid_h2_index[cols] = index
         state.U_R_rot[gi] = sample_random_effects(
-            resid_rot, g.rot.values, model.grid[index], tau, rng.standard_normal((n_g, t_g)))
+            resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
 
 
 def sample_factor_side(model: Model, state: State) -> None:
@@ -98,9 +99,8 @@ def sample_scores(model: Model, state: State) -> None:
         contrib -= g.rot.vectors @ (state.U_R_rot[gi] @ scaled.T)
         rhs[g.rows] += contrib
         precisions.append(scaled @ state.Lambda[:, g.cols].T)
-    normals = state.rng.standard_normal((model.n, model.k))
     state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
-                                   f_e_prec, normals)
+                                   f_e_prec, normals(state.rng, (model.n, model.k)))
 
 
 def sample_shrinkage(model: Model, state: State) -> None:

@@ -20,10 +20,10 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
 import numpy as np
 from numba import njit, prange
 
-from .linalg import cholesky_lower, solve_lower, solve_upper_t
+from .linalg import cholesky_lower, gaussian_draw_into, solve_lower, solve_upper_t
 
 JOINT_MAX = 64
-BLOCK_SIZE = 24
+BLOCK_SIZE = 16
 
 
 def is_collapsed(n_coefs: int) -> bool:
@@ -37,7 +37,6 @@ def gamma_shape(shape0: float, n_rows: int, n_flat: int, n_coefs: int) -> float:
     return shape0 + 0.5 * (n_rows + n_coefs - n_flat)
 
 
-@njit(parallel=True, cache=True)
 def sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs):
     """Draw (tot_prec_j, beta_j) for every column j.
 
@@ -48,75 +47,81 @@ def sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamm
     gamma_shape(); normals: (c, b) standard normals; coefs: (c, b) current values (used by
     the blocked update), overwritten with the draw. Returns tot_prec: (c,).
     """
+    if xty.shape[1] <= JOINT_MAX:
+        return _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs)
+    return _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs)
+
+
+@njit(parallel=True, cache=True)
+def _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs):
+    """tot_prec_j with beta_j integrated out, then beta_j jointly: one Cholesky per column."""
     c, b = xty.shape
     tot_prec = np.empty(c)
     for j in prange(c):
-        g = gram[grid_of_col[j]]
-        if b <= JOINT_MAX:
-            prec = g.copy()
-            for p in range(b):
-                prec[p, p] += prior_prec[j, p]
-            low = cholesky_lower(prec)
-            v = solve_lower(low, xty[j])
-            quad = yty[j] - _dot(v, v)
-            tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
-            tot_prec[j] = tau
-            coefs[j] = solve_upper_t(low, v + normals[j] / np.sqrt(tau))
-        else:
-            tot_prec[j] = _blocked_update(g, xty[j], yty[j], prior_prec[j], rate0[j], std_gamma[j],
-                                          normals[j], coefs[j])
+        prec = gram[grid_of_col[j]].copy()
+        for p in range(b):
+            prec[p, p] += prior_prec[j, p]
+        low = cholesky_lower(prec)
+        v = solve_lower(low, xty[j])
+        quad = yty[j] - np.dot(v, v)
+        tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
+        tot_prec[j] = tau
+        coefs[j] = solve_upper_t(low, v + normals[j] / np.sqrt(tau))
     return tot_prec
 
 
-@njit(cache=True, fastmath=True)
-def _dot(x, y):
-    total = 0.0
-    for i in range(x.shape[0]):
-        total += x[i] * y[i]
-    return total
+def _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs):
+    """tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE given the rest.
 
-
-@njit(cache=True, fastmath=True)
-def _blocked_update(g, xty, yty, prior, rate0, std_gamma, normals, beta):
-    """tot_prec | beta, then beta in blocks of BLOCK_SIZE given the rest; beta updated in place.
-
-    Keeps g_beta = G beta up to date so each block costs O(b * block) beyond its Cholesky.
+    Columns at one grid point are processed together so that every product with the Gram
+    matrix is a matrix-matrix product; only the small per-column block systems are solved one
+    column at a time (numba, parallel over columns).
     """
-    b = beta.shape[0]
-    g_beta = np.empty(b)
-    for p in range(b):
-        g_beta[p] = _dot(g[p], beta)
-    quad = yty - 2.0 * _dot(beta, xty) + _dot(beta, g_beta)
-    for p in range(b):
-        quad += prior[p] * beta[p] * beta[p]
-    tau = std_gamma / (rate0 + 0.5 * max(quad, 0.0))
-    sd = 1.0 / np.sqrt(tau)
-    prec = np.empty((BLOCK_SIZE, BLOCK_SIZE))
-    rhs = np.empty(BLOCK_SIZE)
-    change = np.empty(BLOCK_SIZE)
-    for start in range(0, b, BLOCK_SIZE):
-        m = min(BLOCK_SIZE, b - start)
-        for p in range(m):
-            row = g[start + p]
-            own = 0.0
-            for q in range(m):
-                prec[p, q] = row[start + q]
-                own += row[start + q] * beta[start + q]
-            prec[p, p] += prior[start + p]
-            rhs[p] = xty[start + p] - g_beta[start + p] + own
-        low = cholesky_lower(prec[:m, :m])
-        v = solve_lower(low, rhs[:m])
-        new = solve_upper_t(low, v + normals[start:start + m] * sd)
-        for q in range(m):
-            change[q] = new[q] - beta[start + q]
-            beta[start + q] = new[q]
-        for p in range(b):
-            row = g[p]
-            total = 0.0
-            for q in range(m):
-                total += row[start + q] * change[q]
-            g_beta[p] += total
-    return tau
+    c, b = xty.shape
+    tot_prec = np.empty(c)
+    for u in range(gram.shape[0]):
+        cols = np.flatnonzero(grid_of_col == u)
+        if cols.size == 0:
+            continue
+        g = gram[u]
+        beta = coefs[cols]
+        prior = prior_prec[cols]
+        g_beta = beta @ g  # G is symmetric
+        quad = (yty[cols] - 2.0 * np.einsum("ij,ij->i", beta, xty[cols])
+                + np.einsum("ij,ij->i", beta, g_beta) + np.einsum("ij,ij->i", prior, beta * beta))
+        tau = std_gamma[cols] / (rate0[cols] + 0.5 * np.maximum(quad, 0.0))
+        sd = 1.0 / np.sqrt(tau)
+        for start in range(0, b, BLOCK_SIZE):
+            blk = slice(start, min(start + BLOCK_SIZE, b))
+            rhs = xty[cols, blk] - g_beta[:, blk] + beta[:, blk] @ g[blk, blk]
+            new = _block_system_draws(np.ascontiguousarray(g[blk, blk]), np.ascontiguousarray(prior[:, blk]),
+                                      rhs, np.ascontiguousarray(normals[cols, blk]), sd)
+            change = new - beta[:, blk]
+            beta[:, blk] = new
+            g_beta += change @ g[blk, :]
+        coefs[cols] = beta
+        tot_prec[cols] = tau
+    return tot_prec
+
+
+@njit(parallel=True, cache=True)
+def _block_system_draws(g_block, prior, rhs, normals, sd):
+    """Per column j: draw from N(P^-1 rhs_j, P^-1 sd_j^2), P = g_block + diag(prior_j). (c, m)."""
+    c, m = rhs.shape
+    out = np.empty((c, m))
+    chunks = min(c, 64)
+    for ch in prange(chunks):
+        prec = np.empty((m, m))
+        low = np.zeros((m, m))
+        work = np.empty(m)
+        noise = np.empty(m)
+        for j in range(ch * c // chunks, (ch + 1) * c // chunks):
+            prec[:, :] = g_block
+            for p in range(m):
+                prec[p, p] += prior[j, p]
+                noise[p] = normals[j, p] * sd[j]
+            gaussian_draw_into(prec, rhs[j], noise, low, work, out[j])
+    return out
 
 
 def grouped_normal_equations(x_rot, y_rot, weights, grid_index):

@@ -49,3 +49,35 @@ def solve_upper_t(low, rhs):
             s -= low[p, i] * x[p]
         x[i] = s / low[i, i]
     return x
+
+
+@njit(cache=True, fastmath=True)
+def gaussian_draw_into(prec, rhs, noise, low, work, out):
+    """out = P^-1 rhs + L'^-1 noise for P = prec = L L' (m x m); all buffers preallocated.
+
+    prec is overwritten by its Cholesky factor's workspace (low); work: (m,).
+    """
+    m = rhs.shape[0]
+    for j in range(m):
+        s = prec[j, j]
+        for p in range(j):
+            s -= low[j, p] * low[j, p]
+        d = np.sqrt(s if s > 0.0 else 1e-300)
+        low[j, j] = d
+        for i in range(j + 1, m):
+            s = prec[i, j]
+            for p in range(j):
+                s -= low[i, p] * low[j, p]
+            low[i, j] = s / d
+    for i in range(m):  # L v = rhs
+        s = rhs[i]
+        for p in range(i):
+            s -= low[i, p] * work[p]
+        work[i] = s / low[i, i]
+    for i in range(m):
+        work[i] += noise[i]
+    for i in range(m - 1, -1, -1):  # L' out = v + noise
+        s = work[i]
+        for p in range(i + 1, m):
+            s -= low[p, i] * out[p]
+        out[i] = s / low[i, i]

@@ -7,6 +7,8 @@ import numpy as np
 import scipy.special as sc
 from numba import njit
 
+from .random import standard_gammas
+
 
 def truncated_gamma_above_one(shape, rate, uniform):
     """Gamma(shape, rate) truncated to [1, inf) by the inverse CDF of its upper tail."""
@@ -55,7 +57,7 @@ def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
     k, t = lam.shape
     scaled_sq = tot_eta_prec[None, :] * lam * lam
     tau = np.cumprod(delta)
-    phi = rng.gamma((df + 1.0) / 2.0, 1.0, size=(k, t)) / (0.5 * (df + tau[:, None] * scaled_sq))
+    phi = standard_gammas(rng, (df + 1.0) / 2.0, (k, t)) / (0.5 * (df + tau[:, None] * scaled_sq))
     half_ss = 0.5 * (phi * scaled_sq).sum(axis=1)  # (k,)
     delta = delta.copy()
     shapes = np.array([delta_1[0]] + [delta_2[0]] * (k - 1)) + 0.5 * t * (k - np.arange(k))
