@@ -18,7 +18,7 @@ import pandas as pd
 from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict
 from .data import align_individuals, load_covariates, load_kinship, load_phenotypes, load_test_cells
-from .design import fixed_design, formula_variables
+from .design import fixed_design, formula_variables, missing_data_groups
 from .errors import UserError
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model
@@ -114,15 +114,27 @@ def load_inputs(config: Config) -> Inputs:
                   test_rows, test_cols, test_values, aligned.n_phenotyped)
 
 
-def memory_estimate(n_all: int, n_train: int, t: int, divisions: int, b: int) -> int:
-    """Bytes prepare (and later sample) holds at peak, assuming one group over all rows."""
-    n_o = n_all - n_train
-    floats = (n_all * n_all          # kinship
-              + 2 * n_train * n_train  # eigenvectors + workspace
-              + n_o * (n_train + n_o)  # projection to individuals without phenotypes
-              + 4 * n_all * t          # phenotypes, their rotation, U_R, means
-              + divisions * n_train + n_all * b)
+def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int) -> int:
+    """Bytes prepare (and later sample) holds at peak.
+
+    group_rows: number of rows of each missing-data group. Counts the kinship, each group's
+    eigenvectors (plus workspace) and its conditioning maps to the other individuals, and the
+    n x t arrays of the sampler (data, rotated data, U_R, running means).
+    """
+    n_train = max(group_rows)
+    floats = n_all * n_all + 2 * n_train * n_train + 4 * n_all * t + divisions * n_train + n_all * b
+    for n_g in group_rows:
+        n_o = n_all - n_g
+        floats += 2 * n_g * n_g + n_o * n_g + n_o * n_o
     return 8 * floats
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TiB"
 
 
 def available_memory() -> int:
@@ -270,16 +282,20 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
         return False
     inputs = load_inputs(config)
     n_all, t = inputs.values.shape
-    n_train = int((~np.isnan(inputs.values).all(axis=1)).sum())
-    need = memory_estimate(n_all, n_train, t, config.model.h2_divisions, inputs.x1.shape[1])
+    observed = ~np.isnan(inputs.values)
+    train = observed.any(axis=1)
+    groups = missing_data_groups(observed[train], config.missing_data.max_groups)
+    need = memory_estimate(n_all, [g.rows.size for g in groups], t, config.model.h2_divisions,
+                           inputs.x1.shape[1])
     limit = max_memory if max_memory is not None else int(0.8 * available_memory())
-    echo(f"data: {n_all} individuals ({n_train} with phenotypes), {t} traits, "
-         f"{int((~np.isnan(inputs.values)).sum())} observed training cells, "
-         f"{inputs.test_rows.size} test cells; memory estimate {need / 2**30:.2f} GiB")
+    echo(f"data: {n_all} individuals ({int(train.sum())} with phenotypes), {t} traits, "
+         f"{int(observed.sum())} observed training cells, {inputs.test_rows.size} test cells, "
+         f"{len(groups)} missing-data group(s); memory estimate {human_bytes(need)}")
     if need > limit:
         raise UserError(
-            f"{config.path.name}: prepare needs about {need / 2**30:.2f} GiB but the limit is "
-            f"{limit / 2**30:.2f} GiB; raise --max-memory or reduce the data"
+            f"{config.path.name}: prepare needs about {human_bytes(need)} but the limit is "
+            f"{human_bytes(limit)}; raise --max-memory, or lower missing_data.max_groups "
+            "(fewer groups hold fewer rotations)"
         )
     model = build_model(
         inputs.ids, inputs.traits, inputs.values, inputs.kinship, inputs.x1, inputs.x1_names,
