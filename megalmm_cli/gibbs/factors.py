@@ -6,7 +6,9 @@ include i). Rows with the same set of groups share C; one k x k Cholesky per suc
 """
 
 import numpy as np
-import scipy.linalg
+from numba import njit, prange
+
+from .linalg import cholesky_into, draw_with_factor
 
 
 def sample_factor_scores(rhs, group_precisions, pattern_of_row, pattern_groups, f_e_prec, normals):
@@ -18,16 +20,33 @@ def sample_factor_scores(rhs, group_precisions, pattern_of_row, pattern_groups, 
     f_e_prec: (k,); normals: (n, k).
     """
     n, k = rhs.shape
-    scores = np.empty((n, k))
+    membership = np.zeros((len(pattern_groups), len(group_precisions)), dtype=np.bool_)
     for p, groups in enumerate(pattern_groups):
-        rows = np.flatnonzero(pattern_of_row == p)
-        if rows.size == 0:
+        membership[p, groups] = True
+    order = np.argsort(pattern_of_row, kind="stable")
+    ptr = np.searchsorted(pattern_of_row[order], np.arange(len(pattern_groups) + 1))
+    stacked = np.stack(group_precisions) if group_precisions else np.zeros((0, k, k))
+    return _draw_by_pattern(np.ascontiguousarray(rhs), stacked, membership, order.astype(np.int64),
+                            ptr.astype(np.int64), f_e_prec, np.ascontiguousarray(normals))
+
+
+@njit(parallel=True, cache=True)
+def _draw_by_pattern(rhs, group_precisions, membership, order, ptr, f_e_prec, normals):
+    n, k = rhs.shape
+    scores = np.empty((n, k))
+    for p in prange(membership.shape[0]):
+        if ptr[p + 1] == ptr[p]:
             continue
-        prec = np.diag(f_e_prec)
-        for g in groups:
-            prec = prec + group_precisions[g]
-        low = np.linalg.cholesky(prec)
-        mean = scipy.linalg.cho_solve((low, True), rhs[rows].T)
-        noise = scipy.linalg.solve_triangular(low, normals[rows].T, lower=True, trans="T")
-        scores[rows] = (mean + noise).T
+        base = np.zeros((k, k))
+        for q in range(k):
+            base[q, q] = f_e_prec[q]
+        for g in range(membership.shape[1]):
+            if membership[p, g]:
+                base += group_precisions[g]
+        low = np.zeros((k, k))
+        work = np.empty(k)
+        cholesky_into(base, low)
+        for pos in range(ptr[p], ptr[p + 1]):
+            i = order[pos]
+            draw_with_factor(low, rhs[i], normals[i], work, scores[i])
     return scores

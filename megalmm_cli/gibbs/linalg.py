@@ -52,12 +52,9 @@ def solve_upper_t(low, rhs):
 
 
 @njit(cache=True, fastmath=True)
-def gaussian_draw_into(prec, rhs, noise, low, work, out):
-    """out = P^-1 rhs + L'^-1 noise for P = prec = L L' (m x m); all buffers preallocated.
-
-    prec is overwritten by its Cholesky factor's workspace (low); work: (m,).
-    """
-    m = rhs.shape[0]
+def cholesky_into(prec, low):
+    """Lower Cholesky factor of prec (m x m) written into the preallocated low."""
+    m = prec.shape[0]
     for j in range(m):
         s = prec[j, j]
         for p in range(j):
@@ -69,6 +66,12 @@ def gaussian_draw_into(prec, rhs, noise, low, work, out):
             for p in range(j):
                 s -= low[i, p] * low[j, p]
             low[i, j] = s / d
+
+
+@njit(cache=True, fastmath=True)
+def draw_with_factor(low, rhs, noise, work, out):
+    """out = P^-1 rhs + L'^-1 noise for P = L L'; work: (m,) scratch."""
+    m = rhs.shape[0]
     for i in range(m):  # L v = rhs
         s = rhs[i]
         for p in range(i):
@@ -81,3 +84,10 @@ def gaussian_draw_into(prec, rhs, noise, low, work, out):
         for p in range(i + 1, m):
             s -= low[p, i] * out[p]
         out[i] = s / low[i, i]
+
+
+@njit(cache=True, fastmath=True)
+def gaussian_draw_into(prec, rhs, noise, low, work, out):
+    """out = P^-1 rhs + L'^-1 noise for P = prec = L L' (m x m); buffers preallocated."""
+    cholesky_into(prec, low)
+    draw_with_factor(low, rhs, noise, work, out)
