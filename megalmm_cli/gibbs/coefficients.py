@@ -20,7 +20,7 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
 import numpy as np
 from numba import njit, prange
 
-from .linalg import cholesky_lower, gaussian_draw_into, solve_lower, solve_upper_t
+from .linalg import cholesky_into, draw_with_factor, solve_lower_into
 
 JOINT_MAX = 64
 BLOCK_SIZE = 16
@@ -61,12 +61,15 @@ def _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, norm
         prec = gram[grid_of_col[j]].copy()
         for p in range(b):
             prec[p, p] += prior_prec[j, p]
-        low = cholesky_lower(prec)
-        v = solve_lower(low, xty[j])
-        quad = yty[j] - np.dot(v, v)
+        low = np.zeros((b, b))
+        cholesky_into(prec, low)
+        v = np.empty(b)
+        solve_lower_into(low, xty[j], v)
+        quad = yty[j] - np.dot(v, v)  # y'Wy - m'Cm: the quadratic form with beta integrated out
         tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
         tot_prec[j] = tau
-        coefs[j] = solve_upper_t(low, v + normals[j] / np.sqrt(tau))
+        # beta = C^-1 xty + L'^-1 z / sqrt(tau), written as the draw for rhs = L v
+        draw_with_factor(low, xty[j], normals[j] / np.sqrt(tau), v, coefs[j])
     return tot_prec
 
 
@@ -120,7 +123,8 @@ def _block_system_draws(g_block, prior, rhs, normals, sd):
             for p in range(m):
                 prec[p, p] += prior[j, p]
                 noise[p] = normals[j, p] * sd[j]
-            gaussian_draw_into(prec, rhs[j], noise, low, work, out[j])
+            cholesky_into(prec, low)
+            draw_with_factor(low, rhs[j], noise, work, out[j])
     return out
 
 

@@ -1,65 +1,22 @@
-"""Small dense linear algebra for numba kernels (one trait's k x k system at a time)."""
+"""Small dense linear algebra for numba kernels (one column's m x m system at a time).
+
+All functions write into preallocated buffers so that kernels looping over thousands of
+columns allocate nothing per column.
+"""
 
 import numpy as np
 from numba import njit
 
 
 @njit(cache=True, fastmath=True)
-def cholesky_lower(a):
-    """Lower Cholesky factor L of a symmetric positive definite (b, b) matrix."""
-    b = a.shape[0]
-    low = np.zeros((b, b))
-    for j in range(b):
-        s = a[j, j]
-        for p in range(j):
-            s -= low[j, p] * low[j, p]
-        if s <= 0.0:
-            s = 1e-300  # only reached for a numerically singular system
-        d = np.sqrt(s)
-        low[j, j] = d
-        for i in range(j + 1, b):
-            s = a[i, j]
-            for p in range(j):
-                s -= low[i, p] * low[j, p]
-            low[i, j] = s / d
-    return low
-
-
-@njit(cache=True, fastmath=True)
-def solve_lower(low, rhs):
-    """Solve L x = rhs for lower-triangular L; rhs (b,)."""
-    b = rhs.shape[0]
-    x = np.empty(b)
-    for i in range(b):
-        s = rhs[i]
-        for p in range(i):
-            s -= low[i, p] * x[p]
-        x[i] = s / low[i, i]
-    return x
-
-
-@njit(cache=True, fastmath=True)
-def solve_upper_t(low, rhs):
-    """Solve L' x = rhs for lower-triangular L; rhs (b,)."""
-    b = rhs.shape[0]
-    x = np.empty(b)
-    for i in range(b - 1, -1, -1):
-        s = rhs[i]
-        for p in range(i + 1, b):
-            s -= low[p, i] * x[p]
-        x[i] = s / low[i, i]
-    return x
-
-
-@njit(cache=True, fastmath=True)
 def cholesky_into(prec, low):
-    """Lower Cholesky factor of prec (m x m) written into the preallocated low."""
+    """Lower Cholesky factor of a symmetric positive definite prec (m x m), written into low."""
     m = prec.shape[0]
     for j in range(m):
         s = prec[j, j]
         for p in range(j):
             s -= low[j, p] * low[j, p]
-        d = np.sqrt(s if s > 0.0 else 1e-300)
+        d = np.sqrt(s if s > 0.0 else 1e-300)  # <= 0 only for a numerically singular system
         low[j, j] = d
         for i in range(j + 1, m):
             s = prec[i, j]
@@ -69,25 +26,30 @@ def cholesky_into(prec, low):
 
 
 @njit(cache=True, fastmath=True)
-def draw_with_factor(low, rhs, noise, work, out):
-    """out = P^-1 rhs + L'^-1 noise for P = L L'; work: (m,) scratch."""
-    m = rhs.shape[0]
-    for i in range(m):  # L v = rhs
+def solve_lower_into(low, rhs, out):
+    """Solve L out = rhs."""
+    for i in range(rhs.shape[0]):
         s = rhs[i]
         for p in range(i):
-            s -= low[i, p] * work[p]
-        work[i] = s / low[i, i]
-    for i in range(m):
-        work[i] += noise[i]
-    for i in range(m - 1, -1, -1):  # L' out = v + noise
-        s = work[i]
-        for p in range(i + 1, m):
+            s -= low[i, p] * out[p]
+        out[i] = s / low[i, i]
+
+
+@njit(cache=True, fastmath=True)
+def solve_upper_t_into(low, rhs, out):
+    """Solve L' out = rhs."""
+    for i in range(rhs.shape[0] - 1, -1, -1):
+        s = rhs[i]
+        for p in range(i + 1, rhs.shape[0]):
             s -= low[p, i] * out[p]
         out[i] = s / low[i, i]
 
 
 @njit(cache=True, fastmath=True)
-def gaussian_draw_into(prec, rhs, noise, low, work, out):
-    """out = P^-1 rhs + L'^-1 noise for P = prec = L L' (m x m); buffers preallocated."""
-    cholesky_into(prec, low)
-    draw_with_factor(low, rhs, noise, work, out)
+def draw_with_factor(low, rhs, noise, work, out):
+    """out = P^-1 rhs + L'^-1 noise for P = L L', i.e. a draw from N(P^-1 rhs, P^-1) when
+    noise is standard normal. work: (m,) scratch."""
+    solve_lower_into(low, rhs, work)
+    for i in range(rhs.shape[0]):
+        work[i] += noise[i]
+    solve_upper_t_into(low, work, out)
