@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .gibbs.blas import matmul
 from .gibbs.coefficients import gamma_shape, grouped_normal_equations, sample_coefficients
 from .gibbs.factors import sample_factor_scores
 from .gibbs.missing import impute_cells
@@ -53,7 +54,7 @@ def sample_trait_side(model: Model, state: State) -> None:
         state.B1[:, cols] = b1_block
         state.Lambda[:, cols] = coefs[b1g:]
 
-        resid_rot = state.Y_rot[gi] - x_rot @ coefs
+        resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
         index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
         state.resid_h2_index[cols] = index
         state.U_R_rot[gi] = sample_random_effects(
@@ -94,11 +95,11 @@ def sample_scores(model: Model, state: State) -> None:
     precisions = []
     for gi, g in enumerate(model.groups):
         scaled = state.Lambda[:, g.cols] * resid_prec[None, g.cols]  # (k, t_g)
-        contrib = state.Y[gi] @ scaled.T
+        contrib = matmul(state.Y[gi], scaled.T)
         contrib -= model.x1[g.rows] @ (state.B1[:, g.cols] @ scaled.T)
-        contrib -= g.rot.vectors @ (state.U_R_rot[gi] @ scaled.T)
+        contrib -= g.rot.vectors @ matmul(state.U_R_rot[gi], scaled.T)
         rhs[g.rows] += contrib
-        precisions.append(scaled @ state.Lambda[:, g.cols].T)
+        precisions.append(matmul(scaled, state.Lambda[:, g.cols].T))
     state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
                                    f_e_prec, normals(state.rng, (model.n, model.k)))
 

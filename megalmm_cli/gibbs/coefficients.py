@@ -20,6 +20,7 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
 import numpy as np
 from numba import njit, prange
 
+from .blas import matmul
 from .linalg import cholesky_into, draw_with_factor, solve_lower_into
 
 JOINT_MAX = 64
@@ -144,6 +145,6 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
         wx = x_rot * weights[g][:, None]
         gram[u] = x_rot.T @ wx
         y_sub = y_rot[:, cols] if cols.size < c else y_rot
-        xty[cols] = y_sub.T @ wx
+        xty[cols] = matmul(y_sub.T, wx)
         yty[cols] = weights[g] @ (y_sub * y_sub)
     return gram, grid_of_col.astype(np.int64), xty, yty
