@@ -7,6 +7,7 @@ from .gibbs.coefficients import gamma_shape, grouped_normal_equations, sample_co
 from .gibbs.factors import sample_factor_scores
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
+from .gibbs.threads import threads_for
 from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
 from .gibbs.variance import sample_h2_index, sample_random_effects
 from .model import Model
@@ -21,48 +22,60 @@ def impute_missing(model: Model, state: State) -> None:
         if g.miss_rows.size == 0:
             continue
         noise = normals(state.rng, g.miss_rows.size)
-        impute_cells(
-            g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, g.cols]),
-            state.F[g.rows], np.ascontiguousarray(state.Lambda[:, g.cols]), g.rot.vectors,
-            state.U_R_rot[gi], resid_sd[g.cols], noise, state.Y[gi], state.Y_rot[gi],
-        )
+        with threads_for(g.miss_rows.size * g.rows.size):
+            impute_cells(
+                g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, g.cols]),
+                state.F[g.rows], np.ascontiguousarray(state.Lambda[:, g.cols]), g.rot.vectors,
+                state.U_R_rot[gi], resid_sd[g.cols], noise, state.Y[gi], state.Y_rot[gi],
+            )
 
 
 def sample_trait_side(model: Model, state: State) -> None:
     """Steps 2-4 per group: (tot_eta_prec, B1, Lambda), then resid_h2, then U_R."""
+    for gi, g in enumerate(model.groups):
+        with threads_for(g.rows.size * g.cols.size):
+            _sample_group(model, state, gi, g)
+
+
+def _sample_group(model: Model, state: State, gi: int, g) -> None:
+    """Steps 2-4 for one missing-data group."""
     p = model.priors
     rng = state.rng
-    for gi, g in enumerate(model.groups):
-        cols = g.cols
-        f_rot = g.rot.vectors.T @ state.F[g.rows]
-        x_rot = np.hstack([g.x1_rot, f_rot])
-        b1g = g.x1_rot.shape[1]
-        n_g, t_g = state.Y_rot[gi].shape
-        gram, grid_of_col, xty, yty = grouped_normal_equations(
-            x_rot, state.Y_rot[gi], g.weights, state.resid_h2_index[cols])
-        prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
-        coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
-        shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
-        std_gamma = rng.standard_gamma(shape, size=t_g)
-        tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec,
-                                  np.full(t_g, p.tot_eta_rate), std_gamma,
-                                  normals(rng, coefs_t.shape), coefs_t)
-        coefs = coefs_t.T
-        state.tot_eta_prec[cols] = tau
-        b1_block = np.zeros((state.B1.shape[0], t_g))
-        b1_block[g.x1_keep] = coefs[:b1g]
-        state.B1[:, cols] = b1_block
-        state.Lambda[:, cols] = coefs[b1g:]
+    cols = g.cols
+    f_rot = g.rot.vectors.T @ state.F[g.rows]
+    x_rot = np.hstack([g.x1_rot, f_rot])
+    b1g = g.x1_rot.shape[1]
+    n_g, t_g = state.Y_rot[gi].shape
+    gram, grid_of_col, xty, yty = grouped_normal_equations(
+        x_rot, state.Y_rot[gi], g.weights, state.resid_h2_index[cols])
+    prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
+    coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
+    shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
+    std_gamma = rng.standard_gamma(shape, size=t_g)
+    tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec,
+                              np.full(t_g, p.tot_eta_rate), std_gamma,
+                              normals(rng, coefs_t.shape), coefs_t)
+    coefs = coefs_t.T
+    state.tot_eta_prec[cols] = tau
+    b1_block = np.zeros((state.B1.shape[0], t_g))
+    b1_block[g.x1_keep] = coefs[:b1g]
+    state.B1[:, cols] = b1_block
+    state.Lambda[:, cols] = coefs[b1g:]
 
-        resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
-        index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
-        state.resid_h2_index[cols] = index
-        state.U_R_rot[gi] = sample_random_effects(
-            resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
+    resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
+    index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
+    state.resid_h2_index[cols] = index
+    state.U_R_rot[gi] = sample_random_effects(
+        resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
 
 
 def sample_factor_side(model: Model, state: State) -> None:
     """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data."""
+    with threads_for(model.n * model.k):
+        _sample_factor_side(model, state)
+
+
+def _sample_factor_side(model: Model, state: State) -> None:
     p = model.priors
     rng = state.rng
     k = model.k
@@ -100,8 +113,9 @@ def sample_scores(model: Model, state: State) -> None:
         contrib -= g.rot.vectors @ matmul(state.U_R_rot[gi], scaled.T)
         rhs[g.rows] += contrib
         precisions.append(matmul(scaled, state.Lambda[:, g.cols].T))
-    state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
-                                   f_e_prec, normals(state.rng, (model.n, model.k)))
+    with threads_for(model.n * model.k):
+        state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
+                                       f_e_prec, normals(state.rng, (model.n, model.k)))
 
 
 def sample_shrinkage(model: Model, state: State) -> None:

@@ -1,0 +1,25 @@
+"""Run small pieces of work on one thread.
+
+Waking numba's worker threads costs tens of microseconds to milliseconds on a busy node,
+more than a small group's whole update. Every kernel's result is independent of the number
+of threads, so this changes speed only.
+"""
+
+from contextlib import contextmanager
+
+import numba
+
+PARALLEL_MIN_WORK = 200_000  # elements (rows x columns) below which one thread is faster
+
+
+@contextmanager
+def threads_for(work: float):
+    if work >= PARALLEL_MIN_WORK:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
