@@ -136,15 +136,18 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
     Returns gram (u, b, b), grid_of_col (c,), xty (c, b), yty (c,).
     """
     used, grid_of_col = np.unique(grid_index, return_inverse=True)
-    b, c = x_rot.shape[1], y_rot.shape[1]
-    gram = np.empty((used.size, b, b))
-    xty = np.empty((c, b))
-    yty = np.empty(c)
-    for u, g in enumerate(used):
-        cols = np.flatnonzero(grid_of_col == u)
-        wx = x_rot * weights[g][:, None]
-        gram[u] = x_rot.T @ wx
-        y_sub = y_rot[:, cols] if cols.size < c else y_rot
-        xty[cols] = matmul(y_sub.T, wx)
-        yty[cols] = weights[g] @ (y_sub * y_sub)
+    gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
+    weighted = np.empty_like(y_rot)
+    _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)
+    xty = matmul(weighted.T, x_rot)
+    yty = np.einsum("ij,ij->j", weighted, y_rot)
     return gram, grid_of_col.astype(np.int64), xty, yty
+
+
+@njit(parallel=True, cache=True)
+def _weight_columns(y_rot, weights, grid_index, out):
+    """out[i, j] = weights[grid_index[j], i] * y_rot[i, j]."""
+    n, c = y_rot.shape
+    for i in prange(n):
+        for j in range(c):
+            out[i, j] = weights[grid_index[j], i] * y_rot[i, j]
