@@ -62,7 +62,8 @@ def _sample_group(model: Model, state: State, gi: int, g) -> None:
     state.B1[:, cols] = b1_block
     state.Lambda[:, cols] = coefs[b1g:]
 
-    resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
+    resid_rot = matmul(x_rot, coefs)
+    np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
     index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
     state.resid_h2_index[cols] = index
     state.U_R_rot[gi] = sample_random_effects(
