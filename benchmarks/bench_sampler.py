@@ -22,13 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 R_ANCHORS = {  # n, t, k -> R s/iteration, set-up s, peak MB (faster of the two runs, 2 threads)
+    (500, 100, 20): (0.0399, 2.6, 324),
     (500, 1000, 20): (0.2803, 3.1, 510),
     (500, 5000, 20): (1.3532, 4.6, 1070),
     (2000, 1000, 20): (2.7149, 74.4, 1369),
     (2000, 5000, 20): (15.7924, 91.1, 2791),
     (665, 20843, 166): (22.9036, 21.06, 3904),
 }
-DEFAULT_SIZES = ["500x1000x20", "500x5000x20", "2000x1000x20", "2000x5000x20", "665x20843x166"]
+DEFAULT_SIZES = ["500x100x20", "500x1000x20", "500x5000x20", "2000x1000x20", "2000x5000x20", "665x20843x166"]
 
 
 def simulate(n, t, k_true, rng):

@@ -30,19 +30,23 @@ def impute_missing(model: Model, state: State) -> None:
             )
 
 
-def sample_trait_side(model: Model, state: State) -> None:
-    """Steps 2-4 per group: (tot_eta_prec, B1, Lambda), then resid_h2, then U_R."""
+def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
+    """Steps 2-4 per group: (tot_eta_prec, B1, Lambda), then resid_h2, then U_R.
+
+    f_rot_all: (n, k) F in the factor rotation, reused by groups that share it (optional).
+    """
     for gi, g in enumerate(model.groups):
         with threads_for(g.rows.size * g.cols.size):
-            _sample_group(model, state, gi, g)
+            shared = f_rot_all is not None and g.rot is model.factor_rot
+            f_rot = f_rot_all if shared else g.rot.vectors.T @ state.F[g.rows]
+            _sample_group(model, state, gi, g, f_rot)
 
 
-def _sample_group(model: Model, state: State, gi: int, g) -> None:
-    """Steps 2-4 for one missing-data group."""
+def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
+    """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F."""
     p = model.priors
     rng = state.rng
     cols = g.cols
-    f_rot = g.rot.vectors.T @ state.F[g.rows]
     x_rot = np.hstack([g.x1_rot, f_rot])
     b1g = g.x1_rot.shape[1]
     n_g, t_g = state.Y_rot[gi].shape
@@ -70,17 +74,21 @@ def _sample_group(model: Model, state: State, gi: int, g) -> None:
         resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
 
 
-def sample_factor_side(model: Model, state: State) -> None:
-    """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data."""
+def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
+    """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data.
+
+    f_rot: (n, k) F in the factor rotation when already computed this iteration.
+    """
+    if f_rot is None:
+        f_rot = model.factor_rot.vectors.T @ state.F
     with threads_for(model.n * model.k):
-        _sample_factor_side(model, state)
+        _sample_factor_side(model, state, f_rot)
 
 
-def _sample_factor_side(model: Model, state: State) -> None:
+def _sample_factor_side(model: Model, state: State, f_rot) -> None:
     p = model.priors
     rng = state.rng
     k = model.k
-    f_rot = model.factor_rot.vectors.T @ state.F
     gram, grid_of_col, xty, yty = grouped_normal_equations(
         model.x2_rot, f_rot, model.factor_weights, state.f_h2_index)
     b2 = model.x2_rot.shape[1]
@@ -104,16 +112,23 @@ def sample_scores(model: Model, state: State) -> None:
     """Step 6: F row by row given everything else."""
     resid_prec = state.tot_eta_prec / (1.0 - model.grid[state.resid_h2_index])
     f_e_prec = state.tot_f_prec / (1.0 - model.grid[state.f_h2_index])
-    f_mean = model.x2 @ state.B2F + model.factor_rot.vectors @ state.U_F_rot
-    rhs = f_mean * f_e_prec[None, :]
+    # rhs = f_e_prec * (X2 B2F + U_F) + sum_g Lambda_g Psi_g (y - X1 B1 - U_R)_g; terms held in
+    # the factor rotation are summed there first and rotated back once (n x k)
+    rhs = (model.x2 @ state.B2F) * f_e_prec[None, :]
+    in_factor_basis = state.U_F_rot * f_e_prec[None, :]
     precisions = []
     for gi, g in enumerate(model.groups):
         scaled = state.Lambda[:, g.cols] * resid_prec[None, g.cols]  # (k, t_g)
         contrib = matmul(state.Y[gi], scaled.T)
         contrib -= model.x1[g.rows] @ (state.B1[:, g.cols] @ scaled.T)
-        contrib -= g.rot.vectors @ matmul(state.U_R_rot[gi], scaled.T)
+        u_part = matmul(state.U_R_rot[gi], scaled.T)
+        if g.rot is model.factor_rot:
+            in_factor_basis -= u_part
+        else:
+            contrib -= g.rot.vectors @ u_part
         rhs[g.rows] += contrib
         precisions.append(matmul(scaled, state.Lambda[:, g.cols].T))
+    rhs += model.factor_rot.vectors @ in_factor_basis
     with threads_for(model.n * model.k):
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
                                        f_e_prec, normals(state.rng, (model.n, model.k)))
@@ -145,8 +160,9 @@ def sample_shrinkage(model: Model, state: State) -> None:
 def gibbs_iteration(model: Model, state: State) -> None:
     """One full sweep, in the order of DESIGN.md section 3."""
     impute_missing(model, state)
-    sample_trait_side(model, state)
-    sample_factor_side(model, state)
+    f_rot = model.factor_rot.vectors.T @ state.F  # F is unchanged until step 6
+    sample_trait_side(model, state, f_rot)
+    sample_factor_side(model, state, f_rot)
     sample_scores(model, state)
     sample_shrinkage(model, state)
     state.iteration += 1
