@@ -1,6 +1,5 @@
 """The `megalmm` command line: thin commands that parse, check, call the library, report."""
 
-import os
 import sys
 import time
 import traceback

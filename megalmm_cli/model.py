@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .design import TraitGroup, independent_columns, missing_data_groups
+from .design import independent_columns, missing_data_groups
 from .gibbs.missing import missing_cells_csr
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
 

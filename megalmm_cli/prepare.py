@@ -13,7 +13,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict

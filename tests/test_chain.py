@@ -1,6 +1,5 @@
 """Checkpoints and resume: a resumed chain equals an uninterrupted one exactly."""
 
-import os
 import signal
 import subprocess
 import sys
