@@ -111,6 +111,7 @@ class RunResult:
     n_draws: int
     seconds: float            # sampling time in this invocation
     interrupted_by: int | None
+    first_seconds: float = 0.0  # the first iteration of this invocation (numba compilation)
 
 
 def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed: int, chain: int,
@@ -138,8 +139,11 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
     start_iteration = state.iteration
     started = time.perf_counter()
     interrupted = None
+    first_seconds = 0.0
     while state.iteration < plan.total:
         gibbs_iteration(model, state)
+        if state.iteration == start_iteration + 1:
+            first_seconds = time.perf_counter() - started
         it = state.iteration
         if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
             reorder_factors(model, state)
@@ -160,7 +164,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
             interrupted = stop.signal
             break
     return RunResult(state.iteration - start_iteration, state.iteration, n_draws,
-                     elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted)
+                     elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted, first_seconds)
 
 
 def _record(model: Model, state: State, sample_names, moments: dict, slab: dict) -> None:

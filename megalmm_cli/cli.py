@@ -265,13 +265,15 @@ def _sample_chain(cfg, number, iterations, progress) -> int:
         finally:
             if bar:
                 bar.close()
-    per_iter = result.seconds / max(1, result.iterations_done)
+    rest = max(1, result.iterations_done - 1)
+    per_iter = (result.seconds - result.first_seconds) / rest if result.iterations_done > 1 else result.seconds
     if result.interrupted_by is not None:
         _echo(f"chain {number}: stopped by signal {result.interrupted_by} at iteration "
               f"{result.iteration}; checkpoint written to {path}; re-run the same command to resume")
         return 128 + int(result.interrupted_by)
     _echo(f"chain {number}: {result.iterations_done} iterations in {result.seconds:.1f} s "
-          f"({per_iter:.4f} s/iteration), {result.n_draws} draws in {path}")
+          f"({per_iter:.4f} s/iteration; the first, with compilation, {result.first_seconds:.1f} s), "
+          f"{result.n_draws} draws in {path}")
     return 0
 
 
