@@ -168,7 +168,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
 
 
 def _record(model: Model, state: State, sample_names, moments: dict, slab: dict) -> None:
-    need_effects = any(name in EFFECT_PARAMS for name in list(sample_names) + list(moments))
+    need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
     effects = random_effects(model, state) if need_effects else None
     values = draw(model, state, [n for n in sample_names], effects)
     for name in sample_names:

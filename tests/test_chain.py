@@ -173,3 +173,14 @@ def test_iterations_extends_a_finished_chain(sim_dir, tmp_path):
     assert more.returncode == 0, more.stderr
     chain = ChainFile(tmp_path / "ext" / "chains" / "chain_1.h5")
     assert int(chain.attrs()["iteration"]) == 240 and chain.read_samples("f_h2").shape[0] == 100
+
+
+def test_other_means_and_samples_without_u(small_model):
+    store = MemoryChain()
+    run_chain(small_model, store, Plan(5, 10, 2, 0, 10), ("F", "U_F", "G", "h2"), ("F", "U_R"),
+              seed=1, chain=1)
+    cp = store.load()
+    assert int(cp.means["F.count"]) == 5 and cp.means["U_R.mean"].shape == (len(small_model.ids), small_model.t)
+    assert store.samples["G"].shape == (5, small_model.t, small_model.t)
+    assert np.allclose(store.samples["G"], np.transpose(store.samples["G"], (0, 2, 1)))
+    assert np.all((store.samples["h2"] > 0) & (store.samples["h2"] < 1))
