@@ -1,0 +1,124 @@
+"""Convergence diagnostics (arviz-stats wrapper), HPD intervals, and the summarize outputs."""
+
+import numpy as np
+import pandas as pd
+import yaml
+from click.testing import CliRunner
+
+from megalmm_cli.cli import main
+from megalmm_cli.diagnostics import convergence
+from megalmm_cli.summarize import effective_factors, g_hpd, genetic_block, hpd_interval
+
+
+def test_iid_chains_converge_with_full_ess():
+    draws = np.random.default_rng(1).normal(size=(4, 1000, 5))
+    d = convergence(draws)
+    assert d["rhat"].shape == d["ess_bulk"].shape == d["ess_tail"].shape == (5,)
+    assert np.all((d["rhat"] > 0.99) & (d["rhat"] < 1.01))
+    total = 4 * 1000
+    assert np.all((d["ess_bulk"] > 0.8 * total) & (d["ess_bulk"] < 1.2 * total))
+    assert np.all(d["ess_tail"] > 0.5 * total)
+
+
+def test_chains_in_two_modes_have_large_rhat():
+    rng = np.random.default_rng(2)
+    draws = rng.normal(size=(2, 1000, 3))
+    draws[1] += 3.0
+    assert np.all(convergence(draws)["rhat"] > 1.1)
+
+
+def test_autocorrelated_chain_has_small_ess():
+    rng = np.random.default_rng(3)
+    n, phi = 2000, 0.9
+    x = np.empty(n)
+    x[0] = rng.normal() / np.sqrt(1 - phi ** 2)
+    eps = rng.normal(size=n)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + eps[i]
+    d = convergence(x[None, :, None])
+    assert d["ess_bulk"][0] < 0.15 * n
+    assert np.isfinite(d["rhat"][0])  # one chain still gets a split R-hat
+
+
+def test_single_parameter_and_single_chain_shapes():
+    draws = np.random.default_rng(4).normal(size=(1, 400))
+    d = convergence(draws)
+    assert np.ndim(d["rhat"]) == 0 and 0.98 < d["rhat"] < 1.03
+
+
+def test_hpd_of_normal_matches_1_96_sd():
+    x = np.random.default_rng(5).normal(2.0, 3.0, size=200_000)
+    low, high = hpd_interval(x)
+    assert abs(low - (2.0 - 1.96 * 3.0)) < 0.05 and abs(high - (2.0 + 1.96 * 3.0)) < 0.05
+
+
+def test_hpd_of_skewed_sample_is_shorter_than_equal_tailed():
+    x = np.random.default_rng(6).exponential(size=100_000)
+    low, high = hpd_interval(x)
+    q_low, q_high = np.quantile(x, [0.025, 0.975])
+    assert high - low < 0.95 * (q_high - q_low)
+    assert low < 0.01  # the mode of the exponential is at 0
+    assert abs(np.mean((x >= low) & (x <= high)) - 0.95) < 0.002
+
+
+def test_g_blocks_match_the_full_computation():
+    rng = np.random.default_rng(7)
+    s, k, t = 30, 3, 7
+    draws = {"Lambda": rng.normal(size=(s, k, t)), "f_h2": rng.uniform(size=(s, k)),
+             "resid_h2": rng.uniform(size=(s, t)), "tot_eta_prec": rng.uniform(1, 2, size=(s, t))}
+    full = np.stack([(lam.T * f[None]) @ lam + np.diag(r / p) for lam, f, r, p in
+                     zip(draws["Lambda"], draws["f_h2"], draws["resid_h2"], draws["tot_eta_prec"])])
+    cols = np.array([2, 5])
+    np.testing.assert_allclose(genetic_block(draws["Lambda"], draws["f_h2"], draws["resid_h2"],
+                                             draws["tot_eta_prec"], cols), full[:, :, cols])
+    low, high = g_hpd(draws, max_elements=s * t * 2)  # forces blocks of 2 columns
+    ref_low, ref_high = hpd_interval(full)
+    np.testing.assert_allclose(low, ref_low)
+    np.testing.assert_allclose(high, ref_high)
+
+
+def test_effective_factors():
+    lam = np.array([[[10.0, 0.0], [1.0, 0.0], [0.01, 0.0]]])  # shares ~0.99, ~0.0099, 1e-6
+    assert effective_factors(lam).tolist() == [1]
+    assert effective_factors(np.ones((2, 4, 3))).tolist() == [4, 4]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_summarize_writes_diagnostics_and_g_hpd(tmp_path):
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200",
+                  "--n-new", "3").exit_code == 0
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
+                   "reorder_every": 5, "chains": 2}
+    (data / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = str(data / "config.yaml")
+    for command in ("prepare", "sample", "summarize"):
+        result = invoke(command, cfg)
+        assert result.exit_code == 0, (command, result.output, result.stderr)
+    assert "worst R-hat" in result.output and "smallest bulk ESS" in result.output
+    summary = data / "run" / "summary"
+    diag = pd.read_csv(summary / "diagnostics.csv")
+    assert list(diag.columns) == ["param", "rhat", "ess_bulk", "ess_tail"]
+    traits = pd.read_csv(summary / "h2.csv").trait.tolist()
+    t = len(traits)
+    params = diag.param.tolist()
+    assert params[:t] == [f"h2[{tr}]" for tr in traits]
+    assert sum(p.startswith("resid_h2[") for p in params) == t
+    assert sum(p.startswith("G[") for p in params) == min(50, t * (t - 1) // 2)
+    assert params[-1] == "n_effective_factors"
+    numeric = diag.set_index("param")
+    # n_effective_factors may be constant over the draws (R-hat undefined); the rest is finite
+    assert np.isfinite(numeric.drop(index="n_effective_factors").to_numpy()).all()
+    assert np.isfinite(numeric.loc["n_effective_factors", "ess_bulk"])
+    mean = pd.read_csv(summary / "G.csv", index_col=0)
+    low = pd.read_csv(summary / "G_hpd_low.csv", index_col=0)
+    high = pd.read_csv(summary / "G_hpd_high.csv", index_col=0)
+    assert low.shape == high.shape == mean.shape == (t, t)
+    assert list(low.index) == list(low.columns) == traits
+    assert (low.to_numpy() <= high.to_numpy()).all()
+    d_low, d_mean, d_high = (np.diag(m.to_numpy()) for m in (low, mean, high))
+    assert ((d_low <= d_mean + 1e-5 * abs(d_mean)) & (d_mean <= d_high + 1e-5 * abs(d_mean))).all()
