@@ -10,7 +10,7 @@ import click
 from . import __version__
 from .errors import UserError
 
-PIPELINE = ["simulate", "prepare", "sample", "predict", "summarize"]
+PIPELINE = ["simulate", "prepare", "sample", "predict", "summarize", "status"]
 
 
 class PipelineOrderGroup(click.Group):
@@ -214,17 +214,26 @@ def sample(config, chain, iterations, progress, verbose):
 
 
 def _sample_chain(cfg, number, iterations, progress) -> int:
-    import numpy as np
-
-    from .chain import Plan, StopRequested, run_chain
-    from .prepare import load_model
-    from .runinfo import chain_path, sampling_hash
-    from .storage import ChainFile
+    from .chain import Plan
+    from .lock import chain_lock
+    from .runinfo import chain_path
 
     plan = Plan(cfg.mcmc.burn_in, iterations if iterations is not None else cfg.mcmc.samples,
                 cfg.mcmc.thin, cfg.mcmc.reorder_every, cfg.mcmc.checkpoint_every)
     path = chain_path(cfg, number)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with chain_lock(path):  # taken before the chain file is created or resumed
+        return _sample_locked_chain(cfg, number, plan, path, progress)
+
+
+def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
+    import numpy as np
+
+    from .chain import StopRequested, run_chain
+    from .prepare import load_model
+    from .runinfo import sampling_hash
+    from .storage import ChainFile
+
     storage = ChainFile(path)
     expected = sampling_hash(cfg)
     started = time.perf_counter()
@@ -315,6 +324,27 @@ def summarize(config, verbose):
         from .summarize import run_summarize
 
         run_summarize(_load(config), echo=_echo)
+
+    _run(action, verbose)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@verbose_option
+def status(config, verbose):
+    """Show each chain's progress and whether a process is sampling it.
+
+    Per chain: iterations done / planned, draws stored, last checkpoint (UTC), seconds per
+    iteration, and the lock holder (host, pid; running or stale).
+
+    \b
+    Example:
+      megalmm status configs/example.yaml
+    """
+    def action():
+        from .status import chain_status, format_status
+
+        _echo(format_status(chain_status(_load(config))))
 
     _run(action, verbose)
 
