@@ -100,31 +100,49 @@ class ChainFile:
             return h5py.File(self.path, mode)
         except OSError as exc:
             raise UserError(
-                f"{self.path}: cannot open the chain file ({exc}); it may be corrupted: "
-                "move it aside to start this chain again"
+                f"{self.path}: cannot open the chain file ({exc}); if it is corrupted (truncated "
+                "by a crash or a full disk), move it aside to start this chain again"
             ) from None
 
     # -- checkpoints ----------------------------------------------------------------------
     def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
-        """Append draws and write a checkpoint; the commit marker attributes are written last."""
-        with self._open("r+") as f:
-            committed = int(f.attrs["n_draws"])
-            for name, values in slab.items():
-                dset = f["samples"][name]
-                dset.resize(committed + values.shape[0], axis=0)
-                dset[committed:] = values
-            target = "state_b" if f.attrs["active"] == "state_a" else "state_a"
-            group = f.require_group(target)
-            _write_tree(group.require_group("arrays"), checkpoint.arrays)
-            _write_tree(group.require_group("means"), checkpoint.means)
-            group.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
-            group.attrs["iteration"] = checkpoint.iteration
-            f.flush()
-            f.attrs["n_draws"] = checkpoint.n_draws
-            f.attrs["iteration"] = checkpoint.iteration
-            f.attrs["elapsed_seconds"] = checkpoint.elapsed
-            f.attrs["active"] = target
-            f.flush()
+        """Append draws and write a checkpoint; the commit marker attributes are written last.
+
+        A failed write (disk full, permissions, quota) leaves the previous checkpoint as the
+        committed one and is reported as a UserError saying so.
+        """
+        previous = None
+        try:
+            with self._open("r+") as f:
+                previous = int(f.attrs["iteration"])
+                self._write_checkpoint(f, slab, checkpoint)
+        except OSError as exc:
+            kept = (f"the previous checkpoint (iteration {previous}) is intact"
+                    if previous is not None else "nothing was written")
+            raise UserError(
+                f"{self.path}: could not write the checkpoint of iteration {checkpoint.iteration} "
+                f"({exc}); {kept}: free disk space or fix permissions, then re-run the same "
+                "command to resume") from None
+
+    @staticmethod
+    def _write_checkpoint(f, slab: dict, checkpoint: Checkpoint) -> None:
+        committed = int(f.attrs["n_draws"])
+        for name, values in slab.items():
+            dset = f["samples"][name]
+            dset.resize(committed + values.shape[0], axis=0)
+            dset[committed:] = values
+        target = "state_b" if f.attrs["active"] == "state_a" else "state_a"
+        group = f.require_group(target)
+        _write_tree(group.require_group("arrays"), checkpoint.arrays)
+        _write_tree(group.require_group("means"), checkpoint.means)
+        group.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
+        group.attrs["iteration"] = checkpoint.iteration
+        f.flush()
+        f.attrs["n_draws"] = checkpoint.n_draws
+        f.attrs["iteration"] = checkpoint.iteration
+        f.attrs["elapsed_seconds"] = checkpoint.elapsed
+        f.attrs["active"] = target
+        f.flush()
 
     def load(self) -> Checkpoint | None:
         """The last committed checkpoint (None for a chain with no checkpoint yet)."""

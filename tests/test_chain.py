@@ -184,3 +184,36 @@ def test_other_means_and_samples_without_u(small_model):
     assert store.samples["G"].shape == (5, small_model.t, small_model.t)
     assert np.allclose(store.samples["G"], np.transpose(store.samples["G"], (0, 2, 1)))
     assert np.all((store.samples["h2"] > 0) & (store.samples["h2"] < 1))
+
+
+def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path, monkeypatch):
+    """Disk full in the middle of a checkpoint: a clear error, the previous checkpoint intact,
+    and resuming gives the uninterrupted chain."""
+    import errno
+
+    import megalmm_cli.storage as storage
+    from megalmm_cli.errors import UserError
+
+    whole = MemoryChain()
+    run(small_model, whole)
+    chain = ChainFile(tmp_path / "chain_1.h5")
+    chain.create({}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
+    real_write_tree = storage._write_tree
+    calls = {"n": 0}
+
+    def full_disk(group, arrays):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the third checkpoint, after its draws were appended
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_tree(group, arrays)
+
+    monkeypatch.setattr(storage, "_write_tree", full_disk)
+    with pytest.raises(UserError, match=r"could not write the checkpoint of iteration 45 .*No space left"
+                                        r".*previous checkpoint \(iteration 30\) is intact"):
+        run(small_model, chain)
+    monkeypatch.setattr(storage, "_write_tree", real_write_tree)
+    cp = chain.load()
+    assert cp.iteration == 30 and chain.read_samples("Lambda").shape[0] == cp.n_draws == 5
+    run(small_model, chain)
+    samples = {name: chain.read_samples(name) for name in SAMPLES}
+    assert_same_chain(whole.samples, whole.load(), samples, chain.load())
