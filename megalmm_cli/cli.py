@@ -1,5 +1,6 @@
 """The `megalmm` command line: thin commands that parse, check, call the library, report."""
 
+import errno
 import sys
 import time
 import traceback
@@ -44,12 +45,27 @@ def _run(action, verbose: bool):
     except KeyboardInterrupt:
         click.echo("megalmm: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # an internal error: a bug, or the machine (disk, memory)
-        if verbose:
-            traceback.print_exc()
-        click.echo(f"megalmm: internal error: {type(exc).__name__}: {exc} "
-                   "(re-run with -v for the traceback)", err=True)
-        sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in _USER_FIXABLE_ERRNOS:
+            raise_internal(exc, verbose)
+        where = exc.filename or "the output directory"
+        click.echo(f"megalmm: error: cannot write {where}: {exc.strerror}; choose a writable "
+                   "run.output_dir or free disk space, then re-run", err=True)
+        sys.exit(2)
+    except Exception as exc:  # an internal error: a bug, or the machine (memory)
+        raise_internal(exc, verbose)
+
+
+_USER_FIXABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                        errno.ENOTDIR, errno.EISDIR}
+
+
+def raise_internal(exc: Exception, verbose: bool):
+    if verbose:
+        traceback.print_exc()
+    click.echo(f"megalmm: internal error: {type(exc).__name__}: {exc} "
+               "(re-run with -v for the traceback)", err=True)
+    sys.exit(1)
 
 
 def _load(config_path: str):

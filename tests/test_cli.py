@@ -81,3 +81,17 @@ def test_whole_pipeline_on_a_small_simulation(tmp_path):
         assert (run / name).stat().st_size > 0, name
     u = (run / "predictions/U.csv").read_text().splitlines()
     assert len(u) == 41 and u[0].split(",")[0] == "id"  # every individual, incl. unphenotyped
+
+
+def test_unwritable_output_directory_is_a_user_error(tmp_path):
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "30", "--t", "4", "--k", "2", "--markers", "100").exit_code == 0
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the output directory should go")
+    raw["run"]["output_dir"] = str(blocker / "run")
+    (data / "config.yaml").write_text(yaml.safe_dump(raw))
+    result = invoke("prepare", str(data / "config.yaml"))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "writable run.output_dir" in lines[0]
