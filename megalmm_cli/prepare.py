@@ -68,6 +68,13 @@ class Inputs:
     n_phenotyped: int
 
 
+def check_factors(config: Config, n_traits: int) -> None:
+    if config.model.factors > n_traits:
+        raise UserError(
+            f"{config.path.name}: model.factors: {config.model.factors} factors for {n_traits} "
+            f"traits; use at most {n_traits} (more factors than traits cannot be identified)")
+
+
 def load_inputs(config: Config) -> Inputs:
     """Read and check every input file named by the config."""
     data = config.data
@@ -81,6 +88,7 @@ def load_inputs(config: Config) -> Inputs:
     kin_cfg = next(k for k in data.kinships if k.name == config.model.random[0])
     kinship = load_kinship(kin_cfg, data.psd_tolerance)
     aligned = align_individuals(pheno, [kinship])
+    check_factors(config, len(aligned.traits))
     covariates = pheno.covariates
     if data.covariates is not None:
         extra = load_covariates(data.covariates)
@@ -245,6 +253,7 @@ def load_model(config: Config) -> Model:
                 projection=_read_projection(gg["projection"]),
             ))
         pattern_groups = tuple(f["pattern_groups"][str(i)][()] for i in range(len(f["pattern_groups"])))
+        check_factors(config, len(f["traits"]))
         p = config.priors
         return Model(
             ids=tuple(s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]),
