@@ -102,7 +102,7 @@ def main():
 @click.option("--n-new", default=0, show_default=True,
               help="Individuals with genotypes but no phenotypes (to predict).")
 @click.option("--markers", "n_markers", default=2000, show_default=True, help="Simulated markers.")
-@click.option("--factors", default=None, type=int, help="Factors in the written config [default: 2k].")
+@click.option("--factors", default=None, type=int, help="Factors in the written config [default: max(2k, k + 5), at most t].")
 @click.option("--seed", default=1, show_default=True, help="Random seed.")
 @verbose_option
 def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, seed, verbose):
@@ -304,22 +304,27 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
 
 @main.command()
 @click.argument("config", type=click.Path())
+@click.option("--new-kinship", type=click.Path(), default=None,
+              help="Kinship block (CSV/TSV) of new individuals (rows) against the modelled ones and "
+                   "among themselves (columns); writes predictions/U_new.csv.")
 @verbose_option
-def predict(config, verbose):
+def predict(config, verbose, new_kinship):
     """Write genetic values (U, U_sd) and expected phenotypes (eta_hat) from all chains.
 
     Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
     including individuals with no phenotype), and test_accuracy.csv when the config names
-    test cells.
+    test cells. With --new-kinship, also U_new.csv (and eta_hat_new.csv when B1 draws
+    and covariates allow) for individuals that were not in the model.
 
     \b
     Example:
       megalmm predict configs/example.yaml
+      megalmm predict configs/example.yaml --new-kinship new_vs_model.csv
     """
     def action():
         from .predict import run_predict
 
-        run_predict(_load(config), echo=_echo)
+        run_predict(_load(config), echo=_echo, new_kinship=new_kinship)
 
     _run(action, verbose)
 

@@ -76,7 +76,7 @@ def test_accuracy(observed, predictions: dict, rows, cols, traits) -> pd.DataFra
     return table
 
 
-def run_predict(config: Config, echo=print) -> Path:
+def run_predict(config: Config, echo=print, new_kinship=None) -> Path:
     ids, traits, rows, cols, values = read_test_cells(config)
     out = Path(config.run.output_dir) / "predictions"
     out.mkdir(parents=True, exist_ok=True)
@@ -98,4 +98,166 @@ def run_predict(config: Config, echo=print) -> Path:
         mean = table.iloc[-1]
         echo(f"wrote {out / 'test_accuracy.csv'}: {rows.size} test cells, mean correlation "
              + ", ".join(f"{c[4:]} {mean[c]:.3f}" for c in table.columns if c.startswith("cor_")))
+    if new_kinship is not None:
+        predict_new(config, new_kinship, genetic.mean, out, echo=echo)
     return out
+
+
+# ----------------------------------------------------------------------------- new individuals
+
+
+def read_new_kinship(path, modelled_ids, training_ids) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """Kinship block of new individuals (rows) against modelled ones (and among themselves).
+
+    Header: label + column ids; first column: row ids (the new individuals). Columns must
+    include every training id and every row id; other columns must be modelled ids.
+    Returns (new_ids, cond_ids, K_nm (n_new, n_cond), K_nn (n_new, n_new)), cond_ids being
+    the modelled ids among the columns, in model order.
+    """
+    from .data import _check_unique_ids, _first, _ids, _numeric_matrix, _read_table
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check the --new-kinship path")
+    table = _read_table(path, None)
+    source = path.name
+    new_ids = [str(x) for x in _ids(table)]
+    _check_unique_ids(new_ids, source, "each new individual must appear once in the first column")
+    columns = [c for c in table.frame.columns if c != table.id_column]
+    modelled = set(modelled_ids)
+    already = [x for x in new_ids if x in modelled]
+    if already:
+        raise UserError(f"{source}: {len(already)} row ids are already in the model (first: "
+                        f"{_first(already)}); their predictions are in predictions/U.csv, drop these rows")
+    new_set = set(new_ids)
+    unknown = [c for c in columns if c not in modelled and c not in new_set]
+    if unknown:
+        raise UserError(f"{source}: {len(unknown)} column ids are neither modelled ids nor row ids "
+                        f"(first: {_first(unknown)}); columns must be modelled ids or the new ids")
+    have = set(columns)
+    absent = [x for x in training_ids if x not in have]
+    if absent:
+        raise UserError(f"{source}: {len(absent)} modelled (training) ids are missing from the header "
+                        f"(first: {_first(absent)}); the columns must cover every training individual")
+    absent_new = [x for x in new_ids if x not in have]
+    if absent_new:
+        raise UserError(f"{source}: {len(absent_new)} new ids have no column (first: "
+                        f"{_first(absent_new)}); include the block among the new individuals")
+    values = _numeric_matrix(table, columns, fix="use a number")
+    if not np.all(np.isfinite(values)):
+        i, j = np.argwhere(~np.isfinite(values))[0]
+        raise UserError(f"{source}: {table.where(i)}, column '{columns[j]}': missing or infinite value;"
+                        " every kinship value must be a finite number")
+    position = {c: j for j, c in enumerate(columns)}
+    cond_ids = [x for x in modelled_ids if x in have]
+    k_nm = values[:, [position[x] for x in cond_ids]]
+    k_nn = values[:, [position[x] for x in new_ids]]
+    if not np.allclose(k_nn, k_nn.T, rtol=1e-6, atol=1e-8):
+        raise UserError(f"{source}: the block among the new individuals is not symmetric; fix the file")
+    return new_ids, cond_ids, k_nm, k_nn
+
+
+def modelled_kinship(config: Config, ids) -> np.ndarray:
+    """The config's kinship (of the model's random effect) on `ids`, in that order."""
+    from .data import _check_covers, _reorder, load_kinship
+
+    if len(config.model.random) != 1:
+        raise UserError(f"{config.path.name}: model.random: predicting new individuals needs one "
+                        "random effect")
+    kin_cfg = next(k for k in config.data.kinships if k.name == config.model.random[0])
+    kinship = load_kinship(kin_cfg, config.data.psd_tolerance)
+    if kinship.matrix is None:
+        raise UserError(f"{config.path.name}: the random effect '{kin_cfg.name}' has no kinship "
+                        "(identity): new individuals cannot be predicted from relatives")
+    _check_covers(kinship, ids, "modelled ids", "the kinship changed since `megalmm prepare`; "
+                  "prepare again")
+    return _reorder(kinship, list(ids))
+
+
+def conditional_map(k_nm: np.ndarray, k_mm: np.ndarray, rel_tol: float = 1e-10) -> np.ndarray:
+    """A = K_nm K_mm^+ (pseudo-inverse by eigh, eigenvalues <= rel_tol * max dropped)."""
+    values, vectors = np.linalg.eigh((k_mm + k_mm.T) / 2)
+    keep = values > rel_tol * max(values.max(), 0.0)
+    if not keep.any():
+        return np.zeros((k_nm.shape[0], k_mm.shape[0]))
+    v = vectors[:, keep]
+    return ((k_nm @ v) / values[keep][None, :]) @ v.T
+
+
+def _b1_mean(config: Config):
+    """Posterior mean of B1 (original units) over the stored draws of every chain, or None."""
+    import h5py
+
+    total, count = None, 0
+    for path in chain_paths(config):
+        with h5py.File(path, "r") as f:
+            if "samples" not in f or "B1" not in f["samples"]:
+                return None
+        draws = ChainFile(path).read_samples("B1")
+        if draws.shape[0] == 0:
+            continue
+        total = draws.sum(axis=0) if total is None else total + draws.sum(axis=0)
+        count += draws.shape[0]
+    return None if total is None else total / count
+
+
+def _new_design(config: Config, model, new_ids) -> np.ndarray | None:
+    """X1 rows of the new individuals, built as prepare builds X1; None if it cannot match."""
+    from .data import load_covariates, load_phenotypes
+    from .design import fixed_design, formula_variables
+
+    data = config.data
+    covariate_vars = formula_variables(config.model.fixed) + formula_variables(config.model.factor_fixed)
+    covariates = load_phenotypes(data.phenotypes, extra_covariate_columns=covariate_vars).covariates
+    if data.covariates is not None:
+        extra = load_covariates(data.covariates)
+        covariates = extra.combine_first(covariates.reindex(extra.index.union(covariates.index)))
+    needed = formula_variables(config.model.fixed)
+    if needed:
+        frame = covariates.reindex(list(new_ids))
+        if not frame[needed].notna().all(axis=None):
+            return None
+    ids = list(model.ids) + list(new_ids)
+    try:
+        x1, names = fixed_design(config.model.fixed, covariates, ids, model.n_train, "model.fixed")
+    except UserError:
+        return None
+    N = len(model.ids)
+    if tuple(names) != tuple(model.x1_names) or not np.allclose(x1[:model.n_train], model.x1_all[:model.n_train]):
+        return None
+    return x1[N:]
+
+
+def predict_new(config: Config, kinship_file, genetic_mean: np.ndarray, out: Path, echo=print) -> Path:
+    """U_new = K_nm K_mm^+ E[U_m] (and eta_hat_new = X1_new E[B1] + U_new when possible)."""
+    from .prepare import load_model
+
+    model = load_model(config)
+    training = model.ids[: model.n_train]
+    new_ids, cond_ids, k_nm, _ = read_new_kinship(kinship_file, model.ids, training)
+    index = {x: i for i, x in enumerate(model.ids)}
+    rows = np.array([index[x] for x in cond_ids], dtype=np.int64)
+    k_mm = modelled_kinship(config, [model.ids[i] for i in rows])
+    u_new = conditional_map(k_nm, k_mm) @ genetic_mean[rows]
+    path = out / "U_new.csv"
+    write_matrix(path, new_ids, model.traits, u_new)
+    echo(f"wrote {path} ({len(new_ids)} new individuals x {len(model.traits)} traits, conditioned on "
+         f"{len(cond_ids)} modelled individuals); U_sd is not reported for new individuals")
+    if model.x2_all.shape[1]:
+        echo("note: eta_hat_new.csv not written: model.factor_fixed is set")
+        return path
+    b1 = _b1_mean(config)
+    if b1 is None:
+        echo("note: eta_hat_new.csv not written: no stored B1 draws (add B1 to posterior.samples)")
+        return path
+    x1_new = _new_design(config, model, new_ids)
+    if x1_new is None:
+        echo("note: eta_hat_new.csv not written: the new individuals lack covariates of model.fixed "
+             "(or their levels differ from the training ones)")
+        return path
+    eta = x1_new @ b1 + u_new
+    if "Intercept" not in model.x1_names:
+        eta = eta + model.trait_mean[None, :]
+    write_matrix(out / "eta_hat_new.csv", new_ids, model.traits, eta)
+    echo(f"wrote {out / 'eta_hat_new.csv'}")
+    return path

@@ -258,7 +258,7 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
                          "missing_realised": float(1.0 - sim.observed[:n_pheno].mean()),
                          "seed": sim.seed, "megalmm_version": __version__})
 
-    n_factors = int(factors) if factors is not None else max(2 * sim.k, sim.k + 5)
+    n_factors = int(factors) if factors is not None else min(sim.t, max(2 * sim.k, sim.k + 5))
     data = {
         "phenotypes": {"file": "phenotypes.csv", "layout": "wide", "id": "id",
                        "covariate_columns": ["Population"]},

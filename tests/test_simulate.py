@@ -275,5 +275,5 @@ def test_config_without_missing_cells_has_no_test_cells(tmp_path):
     paths = write_simulation(sim, tmp_path)
     cfg = yaml.safe_load(paths["config"].read_text())
     assert "test_cells" not in cfg["data"]
-    assert cfg["model"]["factors"] == 10                           # max(2k, k + 5)
+    assert cfg["model"]["factors"] == 4                            # max(2k, k + 5), at most t
     assert len(pd.read_csv(paths["heldout_cells"])) == 0
