@@ -101,13 +101,11 @@ def g_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
     return low, high
 
 
-def diagnostics_table(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.ndarray,
-                      traits: list, max_g: int = 50) -> pd.DataFrame:
-    """Rows param, rhat, ess_bulk, ess_tail. chains: name -> (C, S, ...) per-chain draws;
-    h2_by_chain (C, S, t); genetic_mean (t, t), used to choose the `max_g` largest
-    |off-diagonal| G entries."""
-    from .diagnostics import convergence
-
+def diagnostic_series(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.ndarray,
+                      traits: list, max_g: int = 50) -> tuple[list, np.ndarray]:
+    """Names and per-chain draws (C, S, params) of the monitored parameters: h2 and resid_h2
+    per trait, the `max_g` largest |off-diagonal| entries of genetic_mean (t, t), and the
+    number of effective factors. chains: name -> (C, S, ...); h2_by_chain (C, S, t)."""
     t = len(traits)
     names = [f"h2[{tr}]" for tr in traits] + [f"resid_h2[{tr}]" for tr in traits]
     columns = [h2_by_chain, chains["resid_h2"]]
@@ -119,8 +117,14 @@ def diagnostics_table(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.nd
         names += [f"G[{traits[i]},{traits[j]}]" for i, j in zip(rows, cols)]
     columns.append(effective_factors(chains["Lambda"])[..., None].astype(float))
     names.append("n_effective_factors")
-    diag = convergence(np.concatenate(columns, axis=-1))
-    return pd.DataFrame({"param": names, **diag})
+    return names, np.concatenate(columns, axis=-1)
+
+
+def diagnostics_table(names: list, series: np.ndarray) -> pd.DataFrame:
+    """Rows param, rhat, ess_bulk, ess_tail from diagnostic_series' output."""
+    from .diagnostics import convergence
+
+    return pd.DataFrame({"param": names, **convergence(series)})
 
 
 def run_summarize(config: Config, echo=print) -> Path:
@@ -159,7 +163,9 @@ def run_summarize(config: Config, echo=print) -> Path:
     chains = {name: by_chain(vals) for name, vals in per_chain.items()}
     del per_chain
     h2_by_chain = by_chain(np.split(h2, np.cumsum(all_lengths)[:-1]))
-    diag = diagnostics_table(chains, h2_by_chain, genetic, traits)
+    names, series = diagnostic_series(chains, h2_by_chain, genetic, traits)
+    del chains
+    diag = diagnostics_table(names, series)
     diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
     worst = diag.loc[diag.rhat.idxmax()] if diag.rhat.notna().any() else None
     least = diag.loc[diag.ess_bulk.idxmin()] if diag.ess_bulk.notna().any() else None
@@ -169,4 +175,10 @@ def run_summarize(config: Config, echo=print) -> Path:
          + ", smallest bulk ESS "
          + (f"{least.ess_bulk:.0f} ({least.param})" if least is not None else "n/a")
          + f"; wrote {out}/diagnostics.csv, G_hpd_low.csv, G_hpd_high.csv")
+
+    from .report import write_plots_and_report
+
+    report = write_plots_and_report(config, out, traits, genetic, table, diag, names, series,
+                                    g_low, g_high)
+    echo(f"wrote {out}/plots/ and the report: {report}")
     return out

@@ -1,0 +1,262 @@
+"""`summary/report.md`: a plain-language Markdown report of a run for breeders: data size,
+run settings, speed, a convergence verdict, and top-line h2 and G summaries."""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .plots import correlation
+
+RHAT_GOOD = 1.01
+RHAT_OK = 1.1
+ESS_GOOD = 400
+TOP = 5
+
+
+@dataclass
+class ReportInfo:
+    run_name: str
+    data: dict                     # individuals, phenotyped, traits, observed_cells, missing_groups
+    settings: dict                 # factors, h2_divisions, burn_in, samples, thin, chains, seed
+    chains: list                   # per chain: {"chain", "iteration", "n_draws", "elapsed_seconds"}
+    diagnostics: pd.DataFrame      # param, rhat, ess_bulk, ess_tail
+    h2: pd.DataFrame               # trait, h2_mean, hpd_low, hpd_high
+    genetic: np.ndarray            # (t, t) posterior mean G
+    traits: list
+    g_low: np.ndarray | None = None
+    g_high: np.ndarray | None = None
+    links: dict = field(default_factory=dict)  # label -> path relative to the report
+
+
+def verdict(worst_rhat: float, min_ess: float) -> tuple[str, str]:
+    """(verdict, advice) from the largest R-hat and smallest bulk ESS."""
+    if worst_rhat is None or not np.isfinite(worst_rhat):
+        return ("unknown", ("R-hat could not be computed (too few draws, or constant "
+                            "parameters); run more iterations before trusting the results."))
+    if worst_rhat < RHAT_GOOD and min_ess is not None and np.isfinite(min_ess) and min_ess >= ESS_GOOD:
+        return ("converged", (f"All R-hat < {RHAT_GOOD} and every bulk ESS >= {ESS_GOOD}: "
+                              "the chains agree and hold enough independent draws."))
+    if worst_rhat < RHAT_OK:
+        return ("needs more iterations",
+                (f"The chains roughly agree (R-hat < {RHAT_OK}) but not yet to R-hat < {RHAT_GOOD} "
+                 f"with bulk ESS >= {ESS_GOOD}; extend the chains (`megalmm sample --iterations`) "
+                 "before relying on the intervals."))
+    return ("not converged",
+            (f"Some R-hat >= {RHAT_OK}: the chains disagree. Run many more iterations (longer "
+             "burn-in and more samples) and use more chains (mcmc.chains >= 4) so that "
+             "disagreement shows up; do not use these estimates yet."))
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _table(header: list, rows: list) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.1f} s"
+
+
+def _data_section(info: ReportInfo) -> list:
+    d = info.data
+    rows = [("Individuals (with kinship)", d.get("individuals")),
+            ("Phenotyped individuals", d.get("phenotyped")),
+            ("Traits", d.get("traits"))]
+    cells = d.get("observed_cells")
+    if cells is not None:
+        total = (d.get("phenotyped") or 0) * (d.get("traits") or 0)
+        share = f" ({100 * cells / total:.1f}% of {total})" if total else ""
+        rows.append(("Observed phenotype cells", f"{cells}{share}"))
+    if d.get("missing_groups") is not None:
+        rows.append(("Missing-data groups", d["missing_groups"]))
+    return ["## Data", ""] + _table(["", "value"], [r for r in rows if r[1] is not None]) + [""]
+
+
+def _settings_section(info: ReportInfo) -> list:
+    s = info.settings
+    labels = [("factors", "Factors (K)"), ("h2_divisions", "h2 grid divisions"),
+              ("burn_in", "Burn-in iterations"), ("samples", "Sampling iterations per chain (after burn-in)"),
+              ("thin", "Thinning"), ("chains", "Chains (configured)"), ("seed", "Seed")]
+    rows = [(label, s[key]) for key, label in labels if key in s]
+    return ["## Run settings", ""] + _table(["", "value"], rows) + [""]
+
+
+def _timing_section(info: ReportInfo) -> list:
+    lines = ["## Time per iteration", ""]
+    rows, total_s, total_it = [], 0.0, 0
+    for c in info.chains:
+        it, el = int(c.get("iteration", 0)), float(c.get("elapsed_seconds", 0.0))
+        per = f"{1000 * el / it:.1f} ms" if it else "n/a"
+        rows.append((c.get("chain"), it, c.get("n_draws"), _seconds(el), per))
+        total_s, total_it = total_s + el, total_it + it
+    if not rows:
+        return lines + ["No chain information.", ""]
+    lines += _table(["chain", "iterations", "saved draws", "sampling time", "time / iteration"], rows)
+    if total_it:
+        lines += ["", (f"On average **{1000 * total_s / total_it:.1f} ms per iteration** "
+                       f"({total_it} iterations, {_seconds(total_s)} of sampling over "
+                       f"{len(rows)} chain(s)).")]
+    return lines + [""]
+
+
+def _convergence_section(info: ReportInfo) -> list:
+    diag = info.diagnostics
+    worst_rhat = float(diag.rhat.max()) if diag.rhat.notna().any() else float("nan")
+    min_ess = float(diag.ess_bulk.min()) if diag.ess_bulk.notna().any() else float("nan")
+    label, advice = verdict(worst_rhat, min_ess)
+    lines = ["## Convergence", "", f"**Verdict: {label}.** {advice}", "",
+             (f"Over {len(diag)} monitored parameters (trait h2, residual h2, the largest "
+              "genetic covariances and the number of effective factors): worst R-hat "
+              f"{_fmt(worst_rhat)}, smallest bulk ESS {_fmt(min_ess, 0)}."), ""]
+    by_rhat = diag.dropna(subset=["rhat"]).sort_values("rhat", ascending=False, kind="stable").head(TOP)
+    by_ess = diag.dropna(subset=["ess_bulk"]).sort_values("ess_bulk", kind="stable").head(TOP)
+    row = lambda r: (f"`{r.param}`", _fmt(r.rhat), _fmt(r.ess_bulk, 0), _fmt(r.ess_tail, 0))
+    header = ["parameter", "R-hat", "bulk ESS", "tail ESS"]
+    if len(by_rhat):
+        lines += ["Largest R-hat (worst mixing):", ""] + _table(header, [row(r) for r in by_rhat.itertuples()]) + [""]
+    if len(by_ess):
+        lines += ["Smallest bulk ESS:", ""] + _table(header, [row(r) for r in by_ess.itertuples()]) + [""]
+    return lines
+
+
+def _h2_section(info: ReportInfo) -> list:
+    h2 = info.h2
+    lines = ["## Heritability (h2)", ""]
+    if not len(h2):
+        return lines + ["No traits.", ""]
+    v = h2.h2_mean
+    lines += [(f"Across {len(h2)} traits: median h2 **{v.median():.3f}**, range "
+               f"{v.min():.3f} ({h2.trait[v.idxmin()]}) to {v.max():.3f} ({h2.trait[v.idxmax()]})."), ""]
+    row = lambda r: (r.trait, f"{r.h2_mean:.3f}", f"[{r.hpd_low:.3f}, {r.hpd_high:.3f}]")
+    header = ["trait", "h2 (posterior mean)", "95% HPD"]
+    high = h2.sort_values("h2_mean", ascending=False, kind="stable").head(TOP)
+    low = h2.sort_values("h2_mean", kind="stable").head(TOP)
+    lines += ["Most heritable traits:", ""] + _table(header, [row(r) for r in high.itertuples()]) + [""]
+    lines += ["Least heritable traits:", ""] + _table(header, [row(r) for r in low.itertuples()]) + [""]
+    return lines
+
+
+def _genetic_section(info: ReportInfo) -> list:
+    lines = ["## Genetic covariance (G)", ""]
+    t = len(info.traits)
+    if t < 2:
+        return lines + ["Only one trait: no genetic correlations.", ""]
+    corr = correlation(info.genetic)
+    rows, cols = np.triu_indices(t, k=1)
+    values = corr[rows, cols]
+    lines += [(f"Mean genetic correlation magnitude |r_g| over {len(values)} trait pairs: "
+               f"**{np.mean(np.abs(values)):.3f}** (median {np.median(np.abs(values)):.3f}; "
+               f"{int(np.sum(np.abs(values) >= 0.5))} pair(s) with |r_g| >= 0.5)."), ""]
+    top = np.argsort(-np.abs(values), kind="stable")[:TOP]
+    table = []
+    for m in top:
+        i, j = rows[m], cols[m]
+        interval = ""
+        if info.g_low is not None and info.g_high is not None:
+            interval = f"[{info.g_low[i, j]:.3g}, {info.g_high[i, j]:.3g}]"
+        table.append((info.traits[i], info.traits[j], f"{values[m]:+.3f}",
+                      f"{info.genetic[i, j]:.3g}", interval))
+    lines += ["Strongest genetic correlations:", ""]
+    lines += _table(["trait", "trait", "r_g", "G covariance", "95% HPD of covariance"], table) + [""]
+    return lines
+
+
+def _links_section(info: ReportInfo) -> list:
+    if not info.links:
+        return []
+    lines = ["## Files", ""]
+    for label, rel in info.links.items():
+        rel = Path(rel).as_posix()
+        lines.append(f"- ![{label}]({rel})" if rel.endswith(".png") else f"- [{label}]({rel})")
+    return lines + [""]
+
+
+def render_report(info: ReportInfo) -> str:
+    lines = [f"# megalmm report: {info.run_name}", ""]
+    for section in (_data_section, _settings_section, _timing_section, _convergence_section,
+                    _h2_section, _genetic_section, _links_section):
+        lines += section(info)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(path, info: ReportInfo) -> Path:
+    path = Path(path)
+    path.write_text(render_report(info), encoding="utf-8")
+    return path
+
+
+# -- gathering a run's facts and writing plots + report (used by `megalmm summarize`) ---------
+
+def data_facts(prepared) -> dict:
+    """Data sizes from prepared.h5."""
+    import h5py
+
+    with h5py.File(prepared, "r") as f:
+        y = f["y_std"][()]
+        return {"individuals": int(f["ids"].shape[0]), "phenotyped": int(f.attrs["n_train"]),
+                "traits": int(f["traits"].shape[0]), "observed_cells": int(np.sum(~np.isnan(y))),
+                "missing_groups": int(f["groups"].attrs["count"]) if "groups" in f else None}
+
+
+def chain_facts(paths) -> list:
+    """Per chain: number, iterations, saved draws and sampling seconds, from the chain attrs."""
+    from .storage import ChainFile
+
+    facts = []
+    for path in paths:
+        attrs = ChainFile(path).attrs()
+        facts.append({"chain": int(attrs.get("chain", len(facts) + 1)),
+                      "iteration": int(attrs.get("iteration", 0)),
+                      "n_draws": int(attrs.get("n_draws", 0)),
+                      "elapsed_seconds": float(attrs.get("elapsed_seconds", 0.0))})
+    return facts
+
+
+def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6) -> dict:
+    """name -> (C, S) draws of the `n` parameters with the largest R-hat (NaN last)."""
+    order = diag.rhat.fillna(-np.inf).to_numpy().argsort(kind="stable")[::-1][:n]
+    rhat = diag.rhat.to_numpy()
+    return {f"{names[i]} (R-hat {_fmt(float(rhat[i]))})": series[:, :, i] for i in order}
+
+
+def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, names, series,
+                           g_low=None, g_high=None) -> Path:
+    """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
+    from . import plots
+    from .prepare import prepared_path
+    from .runinfo import chain_paths
+
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots.trace_plots(plot_dir / "trace_worst.png", worst_series(diag, names, series))
+    plots.genetic_correlation_heatmap(plot_dir / "genetic_correlation.png", genetic, traits)
+    plots.h2_plot(plot_dir / "h2.png", h2_table.h2_mean, h2_table.hpd_low, h2_table.hpd_high, traits)
+    m = config.mcmc
+    info = ReportInfo(
+        run_name=config.run.name, data=data_facts(prepared_path(config)),
+        settings={"factors": config.model.factors, "h2_divisions": config.model.h2_divisions,
+                  "burn_in": m.burn_in, "samples": m.samples, "thin": m.thin, "chains": m.chains,
+                  "seed": config.run.seed},
+        chains=chain_facts(chain_paths(config)), diagnostics=diag, h2=h2_table,
+        genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
+        links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
+               "h2 per trait (h2.csv)": "h2.csv", "G 95% HPD lower (G_hpd_low.csv)": "G_hpd_low.csv",
+               "G 95% HPD upper (G_hpd_high.csv)": "G_hpd_high.csv",
+               "Convergence diagnostics (diagnostics.csv)": "diagnostics.csv",
+               "Trace plots of the worst-mixing parameters": "plots/trace_worst.png",
+               "Genetic correlation heatmap": "plots/genetic_correlation.png",
+               "h2 per trait": "plots/h2.png"})
+    return write_report(out / "report.md", info)
