@@ -11,7 +11,7 @@ import click
 from . import __version__
 from .errors import UserError
 
-PIPELINE = ["simulate", "prepare", "sample", "predict", "summarize", "status"]
+PIPELINE = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status"]
 
 
 class PipelineOrderGroup(click.Group):
@@ -126,6 +126,58 @@ def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, seed, verbose)
         paths = write_simulation(sim, Path(outdir), factors=factors)
         _echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
               f"{missing:.0%} missing) to {outdir}/; config: {paths['config']}")
+
+    _run(action, verbose)
+
+
+@main.command("cv-split")
+@click.argument("config", type=click.Path())
+@click.option("--folds", "n_folds", default=5, show_default=True, help="Number of folds.")
+@click.option("--group", "group_column", default=None,
+              help="Covariate whose best-represented level is split in each trait (e.g. Population); "
+                   "the other levels' cells always stay in training [default: split every cell].")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False),
+              help="Where fold_1.csv ... fold_K.csv are written.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the random split.")
+@verbose_option
+def cv_split(config, n_folds, group_column, outdir, seed, verbose):
+    """Write k-fold test-cell files (the G2F tutorial's scheme) for cross-validation.
+
+    Per trait, the observed cells of the best-represented level of --group are split into
+    folds; each fold_<k>.csv (columns id, trait) can be a config's data.test_cells file.
+
+    \b
+    Example:
+      megalmm cv-split run.yaml --folds 5 --group Population --outdir folds
+      # then, per fold, a config with  data: {test_cells: {file: folds/fold_1.csv}}
+    """
+    def action():
+        from .cvsplit import cv_folds, write_fold_files
+        from .data import load_covariates, load_phenotypes
+
+        if n_folds < 2:
+            raise UserError(f"--folds: must be >= 2, got {n_folds}")
+        cfg = _load(config)
+        extra = [group_column] if group_column else []
+        pheno = load_phenotypes(cfg.data.phenotypes, extra_covariate_columns=extra)
+        groups = None
+        if group_column:
+            covariates = pheno.covariates
+            if group_column not in covariates.columns and cfg.data.covariates is not None:
+                covariates = load_covariates(cfg.data.covariates)
+            if group_column not in covariates.columns:
+                raise UserError(f"--group: '{group_column}' is not a column of the phenotype or "
+                                "covariate file; name an existing column")
+            column = covariates[group_column].reindex(list(pheno.ids))
+            if column.isna().any():
+                first = column.index[column.isna()][0]
+                raise UserError(f"--group: individual '{first}' has no value for '{group_column}'")
+            groups = {i: str(v) for i, v in column.items()}
+        table = cv_folds(pheno.ids, pheno.traits, pheno.values, groups, n_folds, seed)
+        paths = write_fold_files(table, outdir)
+        in_folds = int(table["fold"].notna().sum())
+        _echo(f"wrote {len(paths)} fold files to {outdir}/ ({in_folds} of {len(table)} observed "
+              "cells are test cells in some fold)")
 
     _run(action, verbose)
 

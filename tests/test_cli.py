@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from megalmm_cli import __version__
 from megalmm_cli.cli import main
 
-COMMANDS = ["simulate", "prepare", "sample", "predict", "summarize"]
+COMMANDS = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status"]
 
 
 def invoke(*args):
@@ -95,3 +95,16 @@ def test_unwritable_output_directory_is_a_user_error(tmp_path):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write" in lines[0] and "writable run.output_dir" in lines[0]
+
+
+def test_cv_split_writes_fold_files(tmp_path):
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "40", "--t", "5", "--k", "2", "--markers", "100").exit_code == 0
+    result = invoke("cv-split", str(data / "config.yaml"), "--folds", "4", "--group", "Population",
+                    "--outdir", str(tmp_path / "folds"))
+    assert result.exit_code == 0, result.stderr
+    files = sorted((tmp_path / "folds").glob("fold_*.csv"))
+    assert [f.name for f in files] == ["fold_1.csv", "fold_2.csv", "fold_3.csv", "fold_4.csv"]
+    assert files[0].read_text().splitlines()[0] == "id,trait"
+    bad = invoke("cv-split", str(data / "config.yaml"), "--group", "Nope", "--outdir", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and "Nope" in bad.stderr
