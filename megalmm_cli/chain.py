@@ -13,12 +13,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import Model
-from .posterior import RunningMoments, draw, genetic_and_expected, random_effects
+from .posterior import RunningMoments, draw, genetic_and_expected, model_u_cells, random_effects
 from .sampler import gibbs_iteration, reorder_factors
 from .state import State, initial_state
 from .storage import Checkpoint
 
 EFFECT_PARAMS = {"U", "eta_hat", "U_F", "U_R"}
+DERIVED_SAMPLES = ("U_cells",)  # recorded from the means' by-products, not from draw()
+
+
+def recorded_samples(sample_names, mean_names) -> tuple:
+    """The sampled parameters to record (and to create chain datasets for): the configured
+    ones, plus "U_cells" (U at a fixed set of cells, posterior.u_cell_indices) when "U" is
+    among the posterior means. Pass the result to run_chain as its sample_names."""
+    names = tuple(sample_names)
+    if "U" in mean_names and "U_cells" not in names:
+        names += ("U_cells",)
+    return names
+
+
+def _storable(storage, names) -> tuple:
+    """`names` less the derived samples the storage has no dataset for (a chain file created
+    for posterior.samples only, or an older chain being resumed). MemoryChain keeps anything."""
+    if not any(n in DERIVED_SAMPLES for n in names) or not hasattr(storage, "sample_names"):
+        return tuple(names)
+    present = set(storage.sample_names())
+    return tuple(n for n in names if n not in DERIVED_SAMPLES or n in present)
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,8 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
     """Advance a chain to plan.total iterations, resuming from storage's last checkpoint.
 
     storage: ChainFile or MemoryChain; progress: callable(iterations_done_now) or None.
+    sample_names: the parameters whose draws are stored, recorded_samples(...) to include
+    "U_cells" (dropped when U is not a posterior mean or the chain file has no dataset for it).
     """
     checkpoint = storage.load()
     if checkpoint is None:
@@ -135,6 +157,10 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
         state, moments = from_checkpoint(model, checkpoint)
         n_draws, elapsed = checkpoint.n_draws, checkpoint.elapsed
 
+    sample_names = _storable(storage, sample_names)
+    if "U_cells" in sample_names and "U" not in moments:  # U_cells come with the mean of U
+        sample_names = tuple(n for n in sample_names if n != "U_cells")
+    u_cells = model_u_cells(model) if "U_cells" in sample_names else None
     slab = {name: [] for name in sample_names}
     start_iteration = state.iteration
     started = time.perf_counter()
@@ -148,7 +174,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
         if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
             reorder_factors(model, state)
         if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
-            _record(model, state, sample_names, moments, slab)
+            _record(model, state, sample_names, moments, slab, u_cells)
             n_draws += 1
         if progress is not None:
             progress(it - start_iteration)
@@ -167,15 +193,19 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                      elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted, first_seconds)
 
 
-def _record(model: Model, state: State, sample_names, moments: dict, slab: dict) -> None:
+def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
+            u_cells=None) -> None:
     need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
     effects = random_effects(model, state) if need_effects else None
-    values = draw(model, state, [n for n in sample_names], effects)
+    values = draw(model, state, [n for n in sample_names if n not in DERIVED_SAMPLES], effects)
     for name in sample_names:
-        slab[name].append(values[name])
+        if name not in DERIVED_SAMPLES:
+            slab[name].append(values[name])
     if not moments:
         return
     genetic, expected = genetic_and_expected(model, state, *effects)
+    if u_cells is not None:
+        slab["U_cells"].append(genetic[u_cells[0], u_cells[1]])
     extra = draw(model, state, [n for n in moments if n in ("F", "U_F", "U_R")], effects)
     for name, mom in moments.items():
         mom.add(genetic if name == "U" else expected if name == "eta_hat" else extra[name])

@@ -11,7 +11,7 @@ import click
 from . import __version__
 from .errors import UserError
 
-PIPELINE = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status"]
+PIPELINE = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status", "repair"]
 
 
 class PipelineOrderGroup(click.Group):
@@ -297,12 +297,13 @@ def _sample_chain(cfg, number, iterations, progress) -> int:
 def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
     import numpy as np
 
-    from .chain import StopRequested, run_chain
+    from .chain import StopRequested, recorded_samples, run_chain
     from .prepare import load_model
     from .runinfo import sampling_hash
     from .storage import ChainFile
 
     storage = ChainFile(path)
+    names = recorded_samples(cfg.posterior.samples, cfg.posterior.means)
     expected = sampling_hash(cfg)
     started = time.perf_counter()
     model = load_model(cfg)
@@ -319,7 +320,7 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
                        f"this is numpy {np.__version__}: the resumed chain is valid but may not "
                        "repeat an uninterrupted one bit for bit", err=True)
     else:
-        shapes = {name: param_shape(model, name) for name in cfg.posterior.samples}
+        shapes = {name: param_shape(model, name) for name in names}
         storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
                         "burn_in": plan.burn_in, "thin": plan.thin},
                        shapes, draws_per_chunk=max(1, plan.checkpoint_every // plan.thin))
@@ -335,7 +336,7 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
           f"(burn-in {plan.burn_in}, thin {plan.thin}); set-up {setup:.1f} s")
     with StopRequested() as stop:
         try:
-            result = run_chain(model, storage, plan, cfg.posterior.samples, cfg.posterior.means,
+            result = run_chain(model, storage, plan, names, cfg.posterior.means,
                                cfg.run.seed, number,
                                progress=(lambda i: bar.update_to(done + i)) if bar else None,
                                stop=stop)
@@ -418,6 +419,51 @@ def status(config, verbose):
         from .status import chain_status, format_status
 
         _echo(format_status(chain_status(_load(config))))
+
+    _run(action, verbose)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option("--chain", type=int, default=None, help="Repair only this chain [default: every chain].")
+@verbose_option
+def repair(config, chain, verbose):
+    """Check chain files and rewrite damaged ones with every intact checkpointed draw.
+
+    A damaged file (a crash or a full disk in the middle of a write, a bad disk block) is
+    kept beside the repaired one as chain_<N>.h5.damaged; `sample` then resumes from the
+    kept checkpoint.
+
+    \b
+    Example:
+      megalmm repair run.yaml --chain 3
+    """
+    def action():
+        from .lock import chain_lock
+        from .runinfo import chain_path, chain_paths
+        from .storage import ChainFile
+
+        cfg = _load(config)
+        paths = [chain_path(cfg, chain)] if chain is not None else chain_paths(cfg)
+        if not paths or not paths[0].exists():
+            raise UserError(f"{config}: no chain files to check")
+        for path in paths:
+            with chain_lock(path):
+                store = ChainFile(path)
+                kept, readable = store.recoverable()
+                stored = int(store.attrs().get("n_draws", 0))
+                if kept is not None and kept.n_draws == stored and all(
+                        n >= stored for n in readable.values()):
+                    try:
+                        store.load()
+                        _echo(f"{path}: intact ({stored} draws, iteration {kept.iteration})")
+                        continue
+                    except UserError:
+                        pass
+                kept, damaged = store.repair()
+                _echo(f"{path}: repaired: kept {kept.n_draws} draws up to iteration {kept.iteration} "
+                      f"({stored - kept.n_draws} later draws lost); the damaged file is {damaged}; "
+                      "re-run `megalmm sample` to continue")
 
     _run(action, verbose)
 

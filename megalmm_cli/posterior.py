@@ -15,6 +15,29 @@ from .state import State
 SAMPLE_PARAMS = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "tot_f_prec", "B1", "B2F", "F",
                  "U_F", "U_R", "lambda_prec", "delta", "G", "R", "h2")
 MEAN_PARAMS = ("U", "eta_hat", "F", "U_F", "U_R")
+MAX_U_CELLS = 50
+
+
+def u_cell_indices(n_train: int, t: int, max_cells: int = MAX_U_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the U cells whose draws are kept ("U_cells") for diagnostics: up to
+    `max_cells` cells (training individual, trait), drawn by default_rng(0) and sorted. They
+    depend on (n_train, t) only, so summarize finds them from prepared.h5 without the model."""
+    total = int(n_train) * int(t)
+    m = min(int(max_cells), total)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    flat = np.sort(np.random.default_rng(0).choice(total, size=m, replace=False))
+    return (flat // t).astype(np.int64), (flat % t).astype(np.int64)
+
+
+def model_u_cells(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    return u_cell_indices(model.n_train, model.t)
+
+
+def extra_sample_shapes(model: Model, mean_names) -> dict:
+    """Shapes of the sampled parameters run_chain records beyond posterior.samples:
+    "U_cells" when "U" is among the posterior means."""
+    return {"U_cells": param_shape(model, "U_cells")} if "U" in mean_names else {}
 
 
 def param_shape(model: Model, name: str) -> tuple:
@@ -25,6 +48,7 @@ def param_shape(model: Model, name: str) -> tuple:
         "B1": (model.x1_all.shape[1], t), "B2F": (model.x2_all.shape[1], k), "F": (n, k),
         "U_F": (N, k), "U_R": (N, t), "lambda_prec": (k, t), "delta": (k,), "G": (t, t),
         "R": (t, t), "h2": (t,), "U": (N, t), "eta_hat": (N, t),
+        "U_cells": (len(u_cell_indices(n, t)[0]),),
     }
     return shapes[name]
 

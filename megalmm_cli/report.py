@@ -117,9 +117,10 @@ def _convergence_section(info: ReportInfo) -> list:
     worst_rhat = float(diag.rhat.max()) if diag.rhat.notna().any() else float("nan")
     min_ess = float(diag.ess_bulk.min()) if diag.ess_bulk.notna().any() else float("nan")
     label, advice = verdict(worst_rhat, min_ess)
+    u_cells = "a sample of genetic values U, " if diag.param.astype(str).str.startswith("U[").any() else ""
     lines = ["## Convergence", "", f"**Verdict: {label}.** {advice}", "",
              (f"Over {len(diag)} monitored parameters (trait h2, residual h2, the largest "
-              "genetic covariances and the number of effective factors): worst R-hat "
+              f"genetic covariances, {u_cells}and the number of effective factors): worst R-hat "
               f"{_fmt(worst_rhat)}, smallest bulk ESS {_fmt(min_ess, 0)}."), ""]
     by_rhat = diag.dropna(subset=["rhat"]).sort_values("rhat", ascending=False, kind="stable").head(TOP)
     by_ess = diag.dropna(subset=["ess_bulk"]).sort_values("ess_bulk", kind="stable").head(TOP)
@@ -255,6 +256,8 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
                "h2 per trait (h2.csv)": "h2.csv", "G 95% HPD lower (G_hpd_low.csv)": "G_hpd_low.csv",
                "G 95% HPD upper (G_hpd_high.csv)": "G_hpd_high.csv",
+               "R 95% HPD lower (R_hpd_low.csv)": "R_hpd_low.csv",
+               "R 95% HPD upper (R_hpd_high.csv)": "R_hpd_high.csv",
                "Convergence diagnostics (diagnostics.csv)": "diagnostics.csv",
                "Trace plots of the worst-mixing parameters": "plots/trace_worst.png",
                "Genetic correlation heatmap": "plots/genetic_correlation.png",

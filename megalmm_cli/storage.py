@@ -91,6 +91,11 @@ class ChainFile:
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
+    def sample_names(self) -> list:
+        """Names of the sampled parameters this file has datasets for."""
+        with self._open("r") as f:
+            return list(f["samples"].keys()) if "samples" in f else []
+
     def attrs(self) -> dict:
         with self._open("r") as f:
             return dict(f.attrs)
@@ -137,6 +142,10 @@ class ChainFile:
         _write_tree(group.require_group("means"), checkpoint.means)
         group.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
         group.attrs["iteration"] = checkpoint.iteration
+        group.attrs["n_draws"] = checkpoint.n_draws
+        group.attrs["elapsed_seconds"] = checkpoint.elapsed
+        group.attrs["contents"] = json.dumps({"arrays": sorted(checkpoint.arrays),
+                                              "means": sorted(checkpoint.means)})
         f.flush()
         f.attrs["n_draws"] = checkpoint.n_draws
         f.attrs["iteration"] = checkpoint.iteration
@@ -151,24 +160,118 @@ class ChainFile:
             if not active:
                 return None
             n_draws = int(f.attrs["n_draws"])
-            for dset in f["samples"].values():
-                if dset.shape[0] != n_draws:  # draws of an interrupted checkpoint
-                    dset.resize(n_draws, axis=0)
-            group = f[active]
-            return Checkpoint(
-                iteration=int(f.attrs["iteration"]), n_draws=n_draws,
-                arrays=_read_tree(group["arrays"]), rng_states=json.loads(group.attrs["rng_states"]),
-                means=_read_tree(group["means"]), elapsed=float(f.attrs["elapsed_seconds"]),
-            )
+            try:
+                for dset in f["samples"].values():
+                    if dset.shape[0] != n_draws:  # draws of an interrupted checkpoint
+                        dset.resize(n_draws, axis=0)
+                return _read_checkpoint(f[active], int(f.attrs["iteration"]), n_draws,
+                                        float(f.attrs["elapsed_seconds"]))
+            except (OSError, KeyError, ValueError) as exc:
+                raise self._damaged(exc) from None
 
     def read_samples(self, name: str) -> np.ndarray:
         with self._open("r") as f:
             n = int(f.attrs["n_draws"])
-            return f["samples"][name][:n]
+            try:
+                return f["samples"][name][:n]
+            except KeyError:
+                raise
+            except (OSError, ValueError) as exc:
+                raise self._damaged(exc) from None
 
     def read_means(self) -> dict:
         with self._open("r") as f:
-            return _read_tree(f[f.attrs["active"]]["means"]) if f.attrs["active"] else {}
+            if not f.attrs["active"]:
+                return {}
+            group = f[f.attrs["active"]]
+            try:
+                means = _read_tree(group["means"])
+                if "contents" in group.attrs:
+                    missing = set(json.loads(group.attrs["contents"])["means"]) - set(means)
+                    if missing:
+                        raise KeyError(f"checkpoint lacks {', '.join(sorted(missing))}")
+                return means
+            except (OSError, KeyError, ValueError) as exc:
+                raise self._damaged(exc) from None
+
+    def _damaged(self, exc) -> UserError:
+        return UserError(
+            f"{self.path}: the chain file is damaged ({exc}); run `megalmm repair CONFIG` to "
+            "keep every intact checkpointed draw")
+
+    # -- damage and repair ----------------------------------------------------------------
+    def recoverable(self) -> tuple[Checkpoint | None, dict]:
+        """The newest readable checkpoint whose draws are all readable, and per sample dataset
+        the number of readable draws. (None, ...) when no checkpoint can be recovered."""
+        with self._open("r") as f:
+            readable = {name: _readable_draws(dset) for name, dset in f["samples"].items()}
+            limit = min(readable.values()) if readable else 0
+            active = f.attrs["active"]
+            order = [active, "state_b" if active == "state_a" else "state_a"] if active else []
+            for name in order:
+                if name not in f:
+                    continue
+                group = f[name]
+                if name == active:
+                    n_draws, elapsed = int(f.attrs["n_draws"]), float(f.attrs["elapsed_seconds"])
+                    iteration = int(f.attrs["iteration"])
+                elif "n_draws" in group.attrs:
+                    n_draws, elapsed = int(group.attrs["n_draws"]), float(group.attrs["elapsed_seconds"])
+                    iteration = int(group.attrs["iteration"])
+                else:
+                    continue
+                if n_draws > limit:
+                    continue
+                try:
+                    return _read_checkpoint(group, iteration, n_draws, elapsed), readable
+                except (OSError, KeyError, ValueError):
+                    continue
+            return None, readable
+
+    def repair(self) -> tuple[Checkpoint, str]:
+        """Rewrite the chain with every intact checkpointed draw; the damaged file is kept
+        beside it as <name>.damaged. Returns the kept checkpoint and the damaged file's path."""
+        checkpoint, _ = self.recoverable()
+        if checkpoint is None:
+            raise UserError(
+                f"{self.path}: no checkpoint in this chain file can be read; move it aside and "
+                "sample the chain again")
+        with self._open("r") as f:
+            attrs = {k: v for k, v in f.attrs.items()
+                     if k not in ("n_draws", "iteration", "active", "elapsed_seconds")}
+            shapes = {name: dset.shape[1:] for name, dset in f["samples"].items()}
+            chunk = max([dset.chunks[0] for dset in f["samples"].values() if dset.chunks] or [1])
+            slab = {name: dset[:checkpoint.n_draws] for name, dset in f["samples"].items()}
+        fixed = ChainFile(self.path + ".repaired")
+        fixed.create(attrs, shapes, chunk)
+        fixed.commit(slab, checkpoint)
+        damaged = self.path + ".damaged"
+        os.replace(self.path, damaged)
+        os.replace(fixed.path, self.path)
+        return checkpoint, damaged
+
+
+def _read_checkpoint(group, iteration: int, n_draws: int, elapsed: float) -> Checkpoint:
+    """Read a checkpoint buffer; KeyError when any part it was written with is missing."""
+    arrays, means = _read_tree(group["arrays"]), _read_tree(group["means"])
+    if "contents" in group.attrs:
+        contents = json.loads(group.attrs["contents"])
+        missing = sorted(set(contents["arrays"]) - set(arrays)) + sorted(set(contents["means"]) - set(means))
+        if missing:
+            raise KeyError(f"checkpoint lacks {', '.join(missing)}")
+    return Checkpoint(iteration=iteration, n_draws=n_draws, arrays=arrays,
+                      rng_states=json.loads(group.attrs["rng_states"]), means=means, elapsed=elapsed)
+
+
+def _readable_draws(dset) -> int:
+    """How many leading draws of a dataset can be read (chunk by chunk)."""
+    step = dset.chunks[0] if dset.chunks else max(1, dset.shape[0])
+    for start in range(0, dset.shape[0], step):
+        try:
+            dset[start:start + step]
+        except (OSError, ValueError):
+            return start
+    return dset.shape[0]
 
 
 def _write_tree(group, arrays: dict) -> None:

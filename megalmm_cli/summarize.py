@@ -8,7 +8,7 @@ import pandas as pd
 
 from .config import Config
 from .errors import UserError
-from .posterior import covariances
+from .posterior import covariances, u_cell_indices
 from .prepare import prepared_path
 from .runinfo import chain_paths, sampling_hash
 from .storage import ChainFile
@@ -52,6 +52,24 @@ def load_chain_draws(config: Config, names=NEEDED) -> dict:
     return out
 
 
+def load_optional_chain_draws(config: Config, name: str):
+    """Per-chain draws [(S_c, ...)] of `name`, or None when some chain does not hold it
+    (older chains, or the parameter was not recorded)."""
+    out = []
+    for path in chain_paths(config):
+        try:
+            out.append(ChainFile(path).read_samples(name))
+        except KeyError:
+            return None
+    return out
+
+
+def u_cell_names(ids: list, traits: list, n_train: int) -> list:
+    """Names "U[id,trait]" of the cells posterior.u_cell_indices(n_train, t) selects."""
+    rows, cols = u_cell_indices(n_train, len(traits))
+    return [f"U[{ids[i]},{traits[j]}]" for i, j in zip(rows, cols)]
+
+
 def load_draws(config: Config, names=NEEDED) -> dict:
     """Draws of the named parameters, chains concatenated: name -> (S, ...)."""
     return {name: np.concatenate(vals) for name, vals in load_chain_draws(config, names).items()}
@@ -73,12 +91,27 @@ def effective_factors(lam: np.ndarray, share: float = 0.01) -> np.ndarray:
     return np.sum(ss >= share * total, axis=-1)
 
 
-def genetic_block(lam, f_h2, resid_h2, tot_eta_prec, cols) -> np.ndarray:
-    """Draws of the columns `cols` of G. lam (S, K, t), f_h2 (S, K), resid_h2 and
-    tot_eta_prec (S, t), cols (b,) -> (S, t, b)."""
-    block = np.einsum("ski,sk,skj->sij", lam, f_h2, lam[:, :, cols], optimize=True)
-    block[:, cols, np.arange(len(cols))] += resid_h2[:, cols] / tot_eta_prec[:, cols]
+def covariance_block(lam, factor_weight, resid_weight, tot_eta_prec, cols) -> np.ndarray:
+    """Draws of the columns `cols` of Lambda' diag(factor_weight) Lambda
+    + diag(resid_weight / tot_eta_prec). lam (S, K, t), factor_weight (S, K), resid_weight and
+    tot_eta_prec (S, t), cols (b,) -> (S, t, b). G takes (f_h2, resid_h2), R (1 - f_h2,
+    1 - resid_h2)."""
+    block = np.einsum("ski,sk,skj->sij", lam, factor_weight, lam[:, :, cols], optimize=True)
+    block[:, cols, np.arange(len(cols))] += resid_weight[:, cols] / tot_eta_prec[:, cols]
     return block
+
+
+def genetic_block(lam, f_h2, resid_h2, tot_eta_prec, cols) -> np.ndarray:
+    """Draws of the columns `cols` of G (see covariance_block)."""
+    return covariance_block(lam, f_h2, resid_h2, tot_eta_prec, cols)
+
+
+def _weights(draws: dict, which: str) -> tuple[np.ndarray, np.ndarray]:
+    if which == "G":
+        return draws["f_h2"], draws["resid_h2"]
+    if which == "R":
+        return 1.0 - draws["f_h2"], 1.0 - draws["resid_h2"]
+    raise ValueError(f"unknown covariance {which!r}; use 'G' or 'R'")
 
 
 def genetic_entries(lam, f_h2, rows, cols) -> np.ndarray:
@@ -87,25 +120,39 @@ def genetic_entries(lam, f_h2, rows, cols) -> np.ndarray:
     return np.einsum("...km,...k,...km->...m", lam[..., rows], f_h2, lam[..., cols])
 
 
-def g_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
-    """95% HPD bounds (t, t) of G from chain-concatenated draws, a block of columns at a
-    time (at most 256 columns, and at most `max_elements` draws of G held at once)."""
+def covariance_hpd(draws: dict, which: str = "G", prob: float = 0.95,
+                   max_elements: int = 2 ** 25):
+    """95% HPD bounds (t, t) of G (which="G") or R (which="R") from chain-concatenated draws,
+    a block of columns at a time (at most 256 columns, and at most `max_elements` draws of
+    the matrix held at once)."""
     lam = draws["Lambda"]
+    factor_weight, resid_weight = _weights(draws, which)
     n_draws, _, t = lam.shape
     width = int(max(1, min(256, max_elements // max(1, n_draws * t))))
     low, high = np.empty((t, t)), np.empty((t, t))
     for start in range(0, t, width):
         cols = np.arange(start, min(t, start + width))
-        block = genetic_block(lam, draws["f_h2"], draws["resid_h2"], draws["tot_eta_prec"], cols)
+        block = covariance_block(lam, factor_weight, resid_weight, draws["tot_eta_prec"], cols)
         low[:, cols], high[:, cols] = hpd_interval(block, prob)
     return low, high
 
 
+def g_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
+    """95% HPD bounds (t, t) of G (covariance_hpd)."""
+    return covariance_hpd(draws, "G", prob, max_elements)
+
+
+def r_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
+    """95% HPD bounds (t, t) of R (covariance_hpd)."""
+    return covariance_hpd(draws, "R", prob, max_elements)
+
+
 def diagnostic_series(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.ndarray,
-                      traits: list, max_g: int = 50) -> tuple[list, np.ndarray]:
+                      traits: list, max_g: int = 50, u_names=None) -> tuple[list, np.ndarray]:
     """Names and per-chain draws (C, S, params) of the monitored parameters: h2 and resid_h2
-    per trait, the `max_g` largest |off-diagonal| entries of genetic_mean (t, t), and the
-    number of effective factors. chains: name -> (C, S, ...); h2_by_chain (C, S, t)."""
+    per trait, the `max_g` largest |off-diagonal| entries of genetic_mean (t, t), the U cells
+    (when chains holds "U_cells" (C, S, m), named by u_names) and the number of effective
+    factors. chains: name -> (C, S, ...); h2_by_chain (C, S, t)."""
     t = len(traits)
     names = [f"h2[{tr}]" for tr in traits] + [f"resid_h2[{tr}]" for tr in traits]
     columns = [h2_by_chain, chains["resid_h2"]]
@@ -115,6 +162,9 @@ def diagnostic_series(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.nd
         rows, cols = rows[order], cols[order]
         columns.append(genetic_entries(chains["Lambda"], chains["f_h2"], rows, cols))
         names += [f"G[{traits[i]},{traits[j]}]" for i, j in zip(rows, cols)]
+    if chains.get("U_cells") is not None and u_names:
+        columns.append(chains["U_cells"])
+        names += list(u_names)
     columns.append(effective_factors(chains["Lambda"])[..., None].astype(float))
     names.append("n_effective_factors")
     return names, np.concatenate(columns, axis=-1)
@@ -132,6 +182,8 @@ def run_summarize(config: Config, echo=print) -> Path:
 
     with h5py.File(prepared_path(config), "r") as f:
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        n_train = int(f.attrs["n_train"])
     per_chain = load_chain_draws(config)
     draws = {name: np.concatenate(vals) for name, vals in per_chain.items()}
     n_draws = draws["Lambda"].shape[0]
@@ -157,13 +209,25 @@ def run_summarize(config: Config, echo=print) -> Path:
     g_low, g_high = g_hpd(draws)
     pd.DataFrame(g_low, index=traits, columns=traits).to_csv(out / "G_hpd_low.csv", float_format="%.6g")
     pd.DataFrame(g_high, index=traits, columns=traits).to_csv(out / "G_hpd_high.csv", float_format="%.6g")
+    r_low, r_high = r_hpd(draws)
+    pd.DataFrame(r_low, index=traits, columns=traits).to_csv(out / "R_hpd_low.csv", float_format="%.6g")
+    pd.DataFrame(r_high, index=traits, columns=traits).to_csv(out / "R_hpd_high.csv", float_format="%.6g")
+    del draws
 
     all_lengths = [len(v) for v in per_chain["Lambda"]]
     lengths = [n for n in all_lengths if n]
     chains = {name: by_chain(vals) for name, vals in per_chain.items()}
     del per_chain
+    u_names = None
+    u_cells = load_optional_chain_draws(config, "U_cells")
+    if u_cells is not None and [len(v) for v in u_cells] == all_lengths:
+        u_names = u_cell_names(ids, traits, n_train)
+        if all(v.shape[1:] == (len(u_names),) for v in u_cells):
+            chains["U_cells"] = by_chain(u_cells)
+        else:
+            u_names = None
     h2_by_chain = by_chain(np.split(h2, np.cumsum(all_lengths)[:-1]))
-    names, series = diagnostic_series(chains, h2_by_chain, genetic, traits)
+    names, series = diagnostic_series(chains, h2_by_chain, genetic, traits, u_names=u_names)
     del chains
     diag = diagnostics_table(names, series)
     diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
@@ -174,7 +238,8 @@ def run_summarize(config: Config, echo=print) -> Path:
          + (f"{worst.rhat:.3f} ({worst.param})" if worst is not None else "n/a")
          + ", smallest bulk ESS "
          + (f"{least.ess_bulk:.0f} ({least.param})" if least is not None else "n/a")
-         + f"; wrote {out}/diagnostics.csv, G_hpd_low.csv, G_hpd_high.csv")
+         + f"; wrote {out}/diagnostics.csv, G_hpd_low.csv, G_hpd_high.csv, R_hpd_low.csv, "
+         "R_hpd_high.csv")
 
     from .report import write_plots_and_report
 

@@ -1,5 +1,6 @@
 """Checkpoints and resume: a resumed chain equals an uninterrupted one exactly."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -217,3 +218,129 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path
     run(small_model, chain)
     samples = {name: chain.read_samples(name) for name in SAMPLES}
     assert_same_chain(whole.samples, whole.load(), samples, chain.load())
+
+
+def _damaged_chain(small_model, tmp_path):
+    chain = ChainFile(tmp_path / "chain_1.h5")
+    chain.create({"config_hash": "x"}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
+    run(small_model, chain)
+    return chain
+
+
+def test_damaged_checkpoint_is_detected_and_repaired(small_model, tmp_path):
+    import h5py
+
+    from megalmm_cli.errors import UserError
+
+    whole = MemoryChain()
+    run(small_model, whole)
+    chain = _damaged_chain(small_model, tmp_path)
+    with h5py.File(chain.path, "r+") as f:  # the newest checkpoint loses a parameter
+        del f[f.attrs["active"]]["arrays"]["Lambda"]
+    with pytest.raises(UserError, match="damaged.*megalmm repair"):
+        chain.load()
+    kept, damaged = chain.repair()
+    assert kept.iteration == 45 and kept.n_draws == 12 and os.path.exists(damaged)
+    assert chain.load().iteration == 45 and chain.read_samples("Lambda").shape[0] == 12
+    run(small_model, chain)  # resume from the kept checkpoint: the same chain as uninterrupted
+    samples = {name: chain.read_samples(name) for name in SAMPLES}
+    expected = {name: whole.samples[name] for name in SAMPLES}
+    assert_same_chain(expected, whole.load(), samples, chain.load())
+
+
+def test_damaged_draws_keep_the_intact_prefix(small_model, tmp_path):
+    import h5py
+
+    chain = _damaged_chain(small_model, tmp_path)
+    with h5py.File(chain.path, "r") as f:
+        dset = f["samples/Lambda"]
+        info = dset.id.get_chunk_info(dset.id.get_num_chunks() - 1)
+    with open(chain.path, "r+b") as raw:  # overwrite the last chunk of Lambda with noise
+        raw.seek(info.byte_offset)
+        raw.write(os.urandom(info.size))
+    _, readable = chain.recoverable()
+    assert readable["Lambda"] < 20 and readable["f_h2"] == 20
+    kept, _ = chain.repair()
+    assert kept.n_draws <= readable["Lambda"] and kept.iteration in (30, 45)
+    np.testing.assert_array_equal(chain.read_samples("Lambda").shape[0], kept.n_draws)
+
+
+def test_truncated_chain_file_is_a_clear_error(small_model, tmp_path):
+    from megalmm_cli.errors import UserError
+
+    chain = _damaged_chain(small_model, tmp_path)
+    size = os.path.getsize(chain.path)
+    with open(chain.path, "r+b") as raw:
+        raw.truncate(size // 3)
+    with pytest.raises(UserError, match="cannot open the chain file.*move it aside"):
+        chain.load()
+
+
+def test_repair_command(sim_dir, tmp_path):
+    import h5py
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    cfg = write_config(tmp_path, "rep", sim_dir)
+    assert CliRunner().invoke(main, ["sample", str(cfg)]).exit_code == 0
+    intact = CliRunner().invoke(main, ["repair", str(cfg)])
+    assert intact.exit_code == 0 and "intact (80 draws, iteration 200)" in intact.output
+    path = tmp_path / "rep" / "chains" / "chain_1.h5"
+    with h5py.File(path, "r+") as f:
+        del f[f.attrs["active"]]["means"]["U.mean"]
+    broken = CliRunner().invoke(main, ["predict", str(cfg)])
+    assert broken.exit_code == 2 and "megalmm repair" in broken.stderr
+    fixed = CliRunner().invoke(main, ["repair", str(cfg)])
+    assert fixed.exit_code == 0 and "kept 75 draws up to iteration 190" in fixed.output
+    assert (tmp_path / "rep" / "chains" / "chain_1.h5.damaged").exists()
+    resumed = CliRunner().invoke(main, ["sample", str(cfg)])
+    assert resumed.exit_code == 0 and "resuming at iteration 190" in resumed.output
+    assert ChainFile(path).read_samples("f_h2").shape[0] == 80
+
+
+def test_u_cells_are_recorded_with_u_means(small_model):
+    from megalmm_cli.chain import recorded_samples
+    from megalmm_cli.posterior import extra_sample_shapes, model_u_cells, param_shape, u_cell_indices
+
+    assert recorded_samples(("Lambda",), ("U",)) == ("Lambda", "U_cells")
+    assert recorded_samples(("Lambda",), ("eta_hat",)) == ("Lambda",)
+    store = MemoryChain()
+    plan = Plan(5, 12, 2, 0, 4)
+    run_chain(small_model, store, plan, recorded_samples(("f_h2",), ("U",)), ("U",), seed=3, chain=1)
+    rows, cols = model_u_cells(small_model)
+    m = min(50, small_model.n_train * small_model.t)
+    assert len(rows) == m and np.all(rows < small_model.n_train) and np.all(cols < small_model.t)
+    assert np.all(np.diff(rows * small_model.t + cols) > 0)  # sorted, distinct
+    again = u_cell_indices(small_model.n_train, small_model.t)
+    np.testing.assert_array_equal(rows, again[0])
+    np.testing.assert_array_equal(cols, again[1])
+    assert param_shape(small_model, "U_cells") == (m,)
+    assert extra_sample_shapes(small_model, ("U",)) == {"U_cells": (m,)}
+    assert extra_sample_shapes(small_model, ("eta_hat",)) == {}
+    cells = store.samples["U_cells"]
+    assert cells.shape == (plan.samples // plan.thin, m)
+    cp = store.load()
+    np.testing.assert_allclose(cells.mean(axis=0), cp.means["U.mean"][rows, cols], rtol=0, atol=1e-10)
+    # no U mean: no U_cells
+    other = MemoryChain()
+    run_chain(small_model, other, plan, ("f_h2", "U_cells"), ("eta_hat",), seed=3, chain=1)
+    assert "U_cells" not in other.samples
+
+
+def test_chain_file_without_u_cells_dataset_still_samples(small_model, tmp_path):
+    from megalmm_cli.chain import recorded_samples
+    from megalmm_cli.posterior import param_shape
+
+    names = recorded_samples(("f_h2",), ("U",))
+    chain = ChainFile(tmp_path / "c.h5")
+    plan = Plan(5, 10, 2, 0, 5)
+    chain.create({"config_hash": "x"}, {"f_h2": param_shape(small_model, "f_h2")}, 5)
+    run_chain(small_model, chain, plan, names, ("U",), seed=3, chain=1)  # an older chain file
+    assert chain.read_samples("f_h2").shape == (5, small_model.k)
+    with pytest.raises(KeyError):
+        chain.read_samples("U_cells")
+    full = ChainFile(tmp_path / "d.h5")
+    full.create({"config_hash": "x"}, {name: param_shape(small_model, name) for name in names}, 5)
+    run_chain(small_model, full, plan, names, ("U",), seed=3, chain=1)
+    assert full.read_samples("U_cells").shape == (5, param_shape(small_model, "U_cells")[0])

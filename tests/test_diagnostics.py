@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from megalmm_cli.cli import main
 from megalmm_cli.diagnostics import convergence
-from megalmm_cli.summarize import effective_factors, g_hpd, genetic_block, hpd_interval
+from megalmm_cli.summarize import diagnostics_table, effective_factors, g_hpd, genetic_block, hpd_interval
 
 
 def test_iid_chains_converge_with_full_ess():
@@ -122,3 +122,107 @@ def test_summarize_writes_diagnostics_and_g_hpd(tmp_path):
     assert (low.to_numpy() <= high.to_numpy()).all()
     d_low, d_mean, d_high = (np.diag(m.to_numpy()) for m in (low, mean, high))
     assert ((d_low <= d_mean + 1e-5 * abs(d_mean)) & (d_mean <= d_high + 1e-5 * abs(d_mean))).all()
+    r_mean = pd.read_csv(summary / "R.csv", index_col=0).to_numpy()
+    r_low = pd.read_csv(summary / "R_hpd_low.csv", index_col=0)
+    r_high = pd.read_csv(summary / "R_hpd_high.csv", index_col=0)
+    assert r_low.shape == r_high.shape == (t, t) and list(r_low.columns) == traits
+    d_low, d_mean, d_high = np.diag(r_low.to_numpy()), np.diag(r_mean), np.diag(r_high.to_numpy())
+    assert ((d_low <= d_mean + 1e-5 * abs(d_mean)) & (d_mean <= d_high + 1e-5 * abs(d_mean))).all()
+
+
+def test_r_hpd_blocks_match_the_full_computation():
+    from megalmm_cli.posterior import covariances
+    from megalmm_cli.summarize import covariance_block, r_hpd
+
+    rng = np.random.default_rng(8)
+    s, k, t = 40, 3, 7
+    draws = {"Lambda": rng.normal(size=(s, k, t)), "f_h2": rng.uniform(size=(s, k)),
+             "resid_h2": rng.uniform(size=(s, t)), "tot_eta_prec": rng.uniform(1, 2, size=(s, t))}
+    full = np.stack([covariances(lam, f, r, p)["R"] for lam, f, r, p in
+                     zip(draws["Lambda"], draws["f_h2"], draws["resid_h2"], draws["tot_eta_prec"])])
+    cols = np.array([1, 4, 6])
+    np.testing.assert_allclose(covariance_block(draws["Lambda"], 1 - draws["f_h2"], 1 - draws["resid_h2"],
+                                                draws["tot_eta_prec"], cols), full[:, :, cols])
+    low, high = r_hpd(draws, max_elements=s * t * 2)  # forces blocks of 2 columns
+    assert low.shape == high.shape == (t, t)
+    ref_low, ref_high = hpd_interval(full)
+    np.testing.assert_allclose(low, ref_low)
+    np.testing.assert_allclose(high, ref_high)
+    mean = np.diag(full.mean(axis=0))
+    assert np.all((np.diag(low) <= mean) & (mean <= np.diag(high)))
+    g_low, _ = g_hpd(draws)
+    assert not np.allclose(g_low, low)  # R is not G
+
+
+def test_diagnostic_rows_include_u_cells_when_present():
+    from megalmm_cli.summarize import diagnostic_series, u_cell_names
+    from megalmm_cli.posterior import u_cell_indices
+
+    rng = np.random.default_rng(9)
+    c, s, k, t, n_train = 2, 50, 2, 3, 4
+    traits, ids = ["a", "b", "c"], ["i1", "i2", "i3", "i4", "i5"]
+    chains = {"Lambda": rng.normal(size=(c, s, k, t)), "f_h2": rng.uniform(size=(c, s, k)),
+              "resid_h2": rng.uniform(size=(c, s, t))}
+    h2 = rng.uniform(size=(c, s, t))
+    genetic = np.cov(rng.normal(size=(t, 10)))
+    names, series = diagnostic_series(chains, h2, genetic, traits)
+    assert not any(n.startswith("U[") for n in names)
+    u_names = u_cell_names(ids, traits, n_train)
+    rows, cols = u_cell_indices(n_train, t)
+    assert len(u_names) == n_train * t == len(rows)  # fewer than 50 cells: all of them
+    assert u_names[0] == f"U[{ids[rows[0]]},{traits[cols[0]]}]"
+    cells = rng.normal(size=(c, s, len(u_names)))
+    with_u = dict(chains, U_cells=cells)
+    names_u, series_u = diagnostic_series(with_u, h2, genetic, traits, u_names=u_names)
+    assert names_u[-1] == "n_effective_factors"
+    assert names_u[-1 - len(u_names):-1] == u_names
+    np.testing.assert_array_equal(series_u[:, :, -1 - len(u_names):-1], cells)
+    assert series_u.shape == (c, s, len(names_u)) and len(names_u) == len(names) + len(u_names)
+    table = diagnostics_table(names_u, series_u)
+    assert table.param.str.startswith("U[").sum() == len(u_names)
+    assert np.isfinite(table.rhat[table.param.str.startswith("U[")]).all()
+    # 50 cells at most, ids from training rows only
+    rows, cols = u_cell_indices(100, 20)
+    assert len(rows) == 50 and rows.max() < 100 and cols.max() < 20
+
+
+def test_summarize_names_u_cells_in_diagnostics(tmp_path, monkeypatch):
+    """With chains holding U_cells (cli.py creating datasets for chain.recorded_samples),
+    diagnostics.csv gets rows U[id,trait] for the cells posterior.u_cell_indices chooses."""
+    import h5py
+
+    import megalmm_cli.chain as chain_module
+    from megalmm_cli.posterior import u_cell_indices
+    from megalmm_cli.storage import ChainFile
+
+    real_run, real_create = chain_module.run_chain, ChainFile.create
+
+    def run_chain(model, storage, plan, sample_names, mean_names, *args, **kwargs):
+        names = chain_module.recorded_samples(sample_names, mean_names)
+        return real_run(model, storage, plan, names, mean_names, *args, **kwargs)
+
+    def create(self, attrs, shapes, draws_per_chunk):
+        return real_create(self, attrs, dict(shapes, U_cells=(50,)), draws_per_chunk)
+
+    monkeypatch.setattr(chain_module, "run_chain", run_chain)
+    monkeypatch.setattr(ChainFile, "create", create)
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200").exit_code == 0
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
+                   "reorder_every": 5, "chains": 2}
+    (data / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = str(data / "config.yaml")
+    for command in ("prepare", "sample", "summarize"):
+        result = invoke(command, cfg)
+        assert result.exit_code == 0, (command, result.output, result.stderr)
+    with h5py.File(data / "run" / "prepared.h5", "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
+        n_train = int(f.attrs["n_train"])
+    rows, cols = u_cell_indices(n_train, len(traits))
+    diag = pd.read_csv(data / "run" / "summary" / "diagnostics.csv")
+    u_rows = diag[diag.param.str.startswith("U[")]
+    assert u_rows.param.tolist() == [f"U[{ids[i]},{traits[j]}]" for i, j in zip(rows, cols)]
+    assert len(u_rows) == 50 and np.isfinite(u_rows[["rhat", "ess_bulk"]].to_numpy()).all()
+    assert diag.param.iloc[-1] == "n_effective_factors"
