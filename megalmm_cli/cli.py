@@ -360,8 +360,11 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
 @click.option("--new-kinship", type=click.Path(), default=None,
               help="Kinship block (CSV/TSV) of new individuals (rows) against the modelled ones and "
                    "among themselves (columns); writes predictions/U_new.csv.")
+@click.option("--test", "test_file", type=click.Path(), default=None,
+              help="Cells to score instead of the config's test cells: tall CSV/TSV with columns "
+                   "id, trait, value; writes predictions/test_accuracy.csv.")
 @verbose_option
-def predict(config, verbose, new_kinship):
+def predict(config, verbose, new_kinship, test_file):
     """Write genetic values (U, U_sd) and expected phenotypes (eta_hat) from all chains.
 
     Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
@@ -373,11 +376,12 @@ def predict(config, verbose, new_kinship):
     Example:
       megalmm predict configs/example.yaml
       megalmm predict configs/example.yaml --new-kinship new_vs_model.csv
+      megalmm predict configs/example.yaml --test heldout.csv
     """
     def action():
         from .predict import run_predict
 
-        run_predict(_load(config), echo=_echo, new_kinship=new_kinship)
+        run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file)
 
     _run(action, verbose)
 

@@ -76,8 +76,24 @@ def test_accuracy(observed, predictions: dict, rows, cols, traits) -> pd.DataFra
     return table
 
 
-def run_predict(config: Config, echo=print, new_kinship=None) -> Path:
+def read_test_file(path, ids, traits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of a tall id,trait,value file of cells to score."""
+    from types import SimpleNamespace
+
+    from .data import load_test_cells
+
+    cells = load_test_cells(SimpleNamespace(file=Path(path), id="id", trait="trait", value="value"),
+                            ids, traits)
+    if np.isnan(cells.values).any():
+        raise UserError(f"{Path(path).name}: --test needs a 'value' column with the observed value "
+                        "of every cell (columns id,trait,value)")
+    return cells.rows, cells.cols, cells.values
+
+
+def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) -> Path:
     ids, traits, rows, cols, values = read_test_cells(config)
+    if test_file is not None:
+        rows, cols, values = read_test_file(test_file, ids, traits)
     out = Path(config.run.output_dir) / "predictions"
     out.mkdir(parents=True, exist_ok=True)
     genetic = pooled_moments(config, "U")

@@ -195,9 +195,15 @@ class ChainFile:
                 raise self._damaged(exc) from None
 
     def _damaged(self, exc) -> UserError:
+        try:
+            kept, _ = self.recoverable()
+            what = (f"{kept.n_draws} draws up to iteration {kept.iteration} are recoverable"
+                    if kept is not None else "no checkpoint is recoverable")
+        except Exception:  # the damage may also stop the inspection itself
+            what = "the recoverable draws could not be determined"
         return UserError(
-            f"{self.path}: the chain file is damaged ({exc}); run `megalmm repair CONFIG` to "
-            "keep every intact checkpointed draw")
+            f"{self.path}: the chain file is damaged ({exc}); {what}: run `megalmm repair CONFIG` "
+            "to keep every intact checkpointed draw")
 
     # -- damage and repair ----------------------------------------------------------------
     def recoverable(self) -> tuple[Checkpoint | None, dict]:

@@ -122,13 +122,14 @@ def megalmm(*args, **kwargs):
                           text=True, **kwargs)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(sim_dir, tmp_path):
+@pytest.mark.parametrize("kill_seed", [0, 1])
+def test_sigkill_then_resume_equals_uninterrupted(sim_dir, tmp_path, kill_seed):
     whole_cfg = write_config(tmp_path, "whole", sim_dir)
     killed_cfg = write_config(tmp_path, "killed", sim_dir)
     done = megalmm("sample", str(whole_cfg))
     assert done.returncode == 0, done.stderr
     assert megalmm("prepare", str(killed_cfg)).returncode == 0
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(kill_seed)
     for attempt in range(3):  # kill at a few random moments, resuming each time
         proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(killed_cfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -108,3 +108,27 @@ def test_cv_split_writes_fold_files(tmp_path):
     assert files[0].read_text().splitlines()[0] == "id,trait"
     bad = invoke("cv-split", str(data / "config.yaml"), "--group", "Nope", "--outdir", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "Nope" in bad.stderr
+
+
+def test_predict_scores_a_test_file_and_refuses_mixed_chains(tmp_path):
+    data = tmp_path / "sim"
+    assert invoke("simulate", str(data), "--n", "40", "--t", "5", "--k", "2", "--markers", "100").exit_code == 0
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10, "reorder_every": 5}
+    (data / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = str(data / "config.yaml")
+    assert invoke("sample", cfg).exit_code == 0
+    result = invoke("predict", cfg, "--test", str(data / "heldout_cells.csv"))
+    assert result.exit_code == 0, result.stderr
+    table = (data / "run" / "predictions" / "test_accuracy.csv").read_text().splitlines()
+    assert table[0].startswith("trait,n_test,cor_U") and table[-1].startswith("mean,")
+    first_cell = (data / "heldout_cells.csv").read_text().splitlines()[1].split(",")[:2]
+    no_values = tmp_path / "cells.csv"
+    no_values.write_text("id,trait\n" + ",".join(first_cell) + "\n")
+    refused = invoke("predict", cfg, "--test", str(no_values))
+    assert refused.exit_code == 2 and "value" in refused.stderr
+    # a chain sampled with another config is refused, not mixed in
+    raw["priors"] = {"tot_Y_var": {"V": 0.4, "nu": 5}}
+    (data / "other.yaml").write_text(yaml.safe_dump(raw))
+    mixed = invoke("predict", str(data / "other.yaml"))
+    assert mixed.exit_code == 2 and "different config" in mixed.stderr
