@@ -22,3 +22,28 @@ def small_model():
     """60 individuals (5 without phenotypes) x 12 traits, 20% missing, imputed cells."""
     sim = simulate_data(60, 12, 3, missing=0.2, seed=5, n_markers=300, n_new=5)
     return model_from_simulation(sim, k=4, max_groups=1)
+
+
+def run_small_pipeline(directory, commands, n_new=3, chains=2):
+    """Simulate 40 individuals x 6 traits into `directory`, shorten the chains, and run the
+    given CLI commands on its config. Returns (config path, {command: click Result})."""
+    import yaml
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["simulate", str(directory), "--n", "40", "--t", "6", "--k", "2",
+                                "--markers", "200", "--n-new", str(n_new)])
+    assert made.exit_code == 0, made.output
+    config = directory / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
+                   "reorder_every": 5, "chains": chains}
+    config.write_text(yaml.safe_dump(raw))
+    results = {}
+    for command in commands:
+        results[command] = runner.invoke(main, [command, str(config)])
+        assert results[command].exit_code == 0, (command, results[command].output,
+                                                 results[command].stderr)
+    return config, results

@@ -7,6 +7,8 @@ from click.testing import CliRunner
 from megalmm_cli import __version__
 from megalmm_cli.cli import main
 
+from .conftest import run_small_pipeline
+
 COMMANDS = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status"]
 
 
@@ -64,16 +66,7 @@ def test_internal_error_is_exit_1(tmp_path, monkeypatch):
 
 def test_whole_pipeline_on_a_small_simulation(tmp_path):
     data = tmp_path / "sim"
-    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200",
-                  "--n-new", "3").exit_code == 0
-    raw = yaml.safe_load((data / "config.yaml").read_text())
-    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
-                   "reorder_every": 5, "chains": 2}
-    (data / "config.yaml").write_text(yaml.safe_dump(raw))
-    cfg = str(data / "config.yaml")
-    for command in ("prepare", "sample", "predict", "summarize"):
-        result = invoke(command, cfg)
-        assert result.exit_code == 0, (command, result.output, result.stderr)
+    run_small_pipeline(data, ("prepare", "sample", "predict", "summarize"))
     run = data / "run"
     for name in ("predictions/U.csv", "predictions/U_sd.csv", "predictions/eta_hat.csv",
                  "predictions/test_accuracy.csv", "summary/G.csv", "summary/R.csv", "summary/h2.csv",

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pandas as pd
-import yaml
 from click.testing import CliRunner
 
 from megalmm_cli.cli import main
 from megalmm_cli.diagnostics import convergence
 from megalmm_cli.summarize import diagnostics_table, effective_factors, g_hpd, genetic_block, hpd_interval
+
+from .conftest import run_small_pipeline
 
 
 def test_iid_chains_converge_with_full_ess():
@@ -89,16 +90,8 @@ def invoke(*args):
 
 def test_summarize_writes_diagnostics_and_g_hpd(tmp_path):
     data = tmp_path / "sim"
-    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200",
-                  "--n-new", "3").exit_code == 0
-    raw = yaml.safe_load((data / "config.yaml").read_text())
-    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
-                   "reorder_every": 5, "chains": 2}
-    (data / "config.yaml").write_text(yaml.safe_dump(raw))
-    cfg = str(data / "config.yaml")
-    for command in ("prepare", "sample", "summarize"):
-        result = invoke(command, cfg)
-        assert result.exit_code == 0, (command, result.output, result.stderr)
+    _, results = run_small_pipeline(data, ("prepare", "sample", "summarize"))
+    result = results["summarize"]
     assert "worst R-hat" in result.output and "smallest bulk ESS" in result.output
     summary = data / "run" / "summary"
     diag = pd.read_csv(summary / "diagnostics.csv")
@@ -186,36 +179,15 @@ def test_diagnostic_rows_include_u_cells_when_present():
     assert len(rows) == 50 and rows.max() < 100 and cols.max() < 20
 
 
-def test_summarize_names_u_cells_in_diagnostics(tmp_path, monkeypatch):
-    """With chains holding U_cells (cli.py creating datasets for chain.recorded_samples),
-    diagnostics.csv gets rows U[id,trait] for the cells posterior.u_cell_indices chooses."""
+def test_summarize_names_u_cells_in_diagnostics(tmp_path):
+    """Chains hold U_cells (U among the means), so diagnostics.csv gets rows U[id,trait] for
+    the cells posterior.u_cell_indices chooses."""
     import h5py
 
-    import megalmm_cli.chain as chain_module
     from megalmm_cli.posterior import u_cell_indices
-    from megalmm_cli.storage import ChainFile
 
-    real_run, real_create = chain_module.run_chain, ChainFile.create
-
-    def run_chain(model, storage, plan, sample_names, mean_names, *args, **kwargs):
-        names = chain_module.recorded_samples(sample_names, mean_names)
-        return real_run(model, storage, plan, names, mean_names, *args, **kwargs)
-
-    def create(self, attrs, shapes, draws_per_chunk):
-        return real_create(self, attrs, dict(shapes, U_cells=(50,)), draws_per_chunk)
-
-    monkeypatch.setattr(chain_module, "run_chain", run_chain)
-    monkeypatch.setattr(ChainFile, "create", create)
     data = tmp_path / "sim"
-    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200").exit_code == 0
-    raw = yaml.safe_load((data / "config.yaml").read_text())
-    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
-                   "reorder_every": 5, "chains": 2}
-    (data / "config.yaml").write_text(yaml.safe_dump(raw))
-    cfg = str(data / "config.yaml")
-    for command in ("prepare", "sample", "summarize"):
-        result = invoke(command, cfg)
-        assert result.exit_code == 0, (command, result.output, result.stderr)
+    run_small_pipeline(data, ("prepare", "sample", "summarize"), n_new=0)
     with h5py.File(data / "run" / "prepared.h5", "r") as f:
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]

@@ -19,6 +19,8 @@ from megalmm_cli.report import verdict
 
 PLOTS = ("trace_worst.png", "genetic_correlation.png", "h2.png")
 
+from .conftest import run_small_pipeline
+
 
 def invoke(*args):
     return CliRunner().invoke(main, list(args))
@@ -33,19 +35,9 @@ def assert_png(path, min_bytes=5000):
 @pytest.fixture(scope="module")
 def summarized_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("report") / "sim"
-    assert invoke("simulate", str(data), "--n", "40", "--t", "6", "--k", "2", "--markers", "200",
-                  "--n-new", "3").exit_code == 0
-    raw = yaml.safe_load((data / "config.yaml").read_text())
-    raw["model"]["factors"] = 4  # at most the number of traits
-    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
-                   "reorder_every": 5, "chains": 2}
-    (data / "config.yaml").write_text(yaml.safe_dump(raw))
-    cfg = str(data / "config.yaml")
-    outputs = {}
-    for command in ("prepare", "sample", "summarize"):
-        result = invoke(command, cfg)
-        assert result.exit_code == 0, (command, result.output, result.stderr)
-        outputs[command] = result.output
+    config, results = run_small_pipeline(data, ("prepare", "sample", "summarize"))
+    raw = yaml.safe_load(config.read_text())
+    outputs = {command: result.output for command, result in results.items()}
     return data / "run" / "summary", outputs["summarize"], raw
 
 
