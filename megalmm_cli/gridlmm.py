@@ -80,6 +80,7 @@ def grid_loglik(
     weights: np.ndarray,
     tot_prec: np.ndarray,
     log_prior: np.ndarray,
+    half_logdet: np.ndarray | None = None,
 ) -> np.ndarray:
     """Log posterior (up to a constant) of each grid point for each column.
 
@@ -87,7 +88,8 @@ def grid_loglik(
     tot_prec: (c,) total precisions; log_prior: (G,). Returns (G, c):
     sum_i log w_gi / 2 - tot_prec * sum_i w_gi e_i^2 / 2 + log prior_g.
     """
-    half_logdet = 0.5 * np.log(weights).sum(axis=1)
+    if half_logdet is None:  # sum_i log w_gi / 2, constant for a group: callers may cache it
+        half_logdet = 0.5 * np.log(weights).sum(axis=1)
     quad = weights @ resid_sq
     return half_logdet[:, None] - 0.5 * quad * tot_prec[None, :] + log_prior[:, None]
 

@@ -7,6 +7,7 @@ training rows' random effects through the kinship (`Projection`).
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -43,6 +44,11 @@ class GroupModel:
     miss_ptr: np.ndarray      # (t_g + 1,) CSR pointers of the imputed cells, by column
     miss_rows: np.ndarray     # (n_miss,) local row of each imputed cell
     projection: Projection    # to every individual outside `rows`
+
+    @cached_property
+    def half_logdet(self) -> np.ndarray:
+        """(G,) sum_i log w_gi / 2 of the grid log-likelihood."""
+        return 0.5 * np.log(self.weights).sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class Model:
     pattern_groups: tuple          # group indices per pattern
     priors: Priors
     group_of_trait: np.ndarray = field(default=None)  # (t,) group index per trait
+
+    @cached_property
+    def factor_half_logdet(self) -> np.ndarray:
+        return 0.5 * np.log(self.factor_weights).sum(axis=1)
 
     @property
     def n(self) -> int:

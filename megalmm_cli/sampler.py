@@ -35,11 +35,13 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
 
     f_rot_all: (n, k) F in the factor rotation, reused by groups that share it (optional).
     """
-    for gi, g in enumerate(model.groups):
-        with threads_for(g.rows.size * g.cols.size):
-            shared = f_rot_all is not None and g.rot is model.factor_rot
-            f_rot = f_rot_all if shared else g.rot.vectors.T @ state.F[g.rows]
-            _sample_group(model, state, gi, g, f_rot)
+    largest = max(g.rows.size * g.cols.size for g in model.groups)
+    with threads_for(largest):  # all groups small: one switch to a single thread for all
+        for gi, g in enumerate(model.groups):
+            with threads_for(g.rows.size * g.cols.size):
+                shared = f_rot_all is not None and g.rot is model.factor_rot
+                f_rot = f_rot_all if shared else g.rot.vectors.T @ state.F[g.rows]
+                _sample_group(model, state, gi, g, f_rot)
 
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
@@ -68,7 +70,8 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
 
     resid_rot = matmul(x_rot, coefs)
     np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
-    index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g))
+    index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g),
+                            g.half_logdet)
     state.resid_h2_index[cols] = index
     state.U_R_rot[gi] = sample_random_effects(
         resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
@@ -102,7 +105,7 @@ def _sample_factor_side(model: Model, state: State, f_rot) -> None:
     state.B2F = np.ascontiguousarray(coefs)
     resid_rot = f_rot - model.x2_rot @ coefs
     index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
-                            rng.random(k))
+                            rng.random(k), model.factor_half_logdet)
     state.f_h2_index = index
     state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values, model.grid[index],
                                           tau, rng.standard_normal((model.n, k)))

@@ -135,7 +135,10 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
     x_rot: (n, b); y_rot: (n, c); weights: (G, n); grid_index: (c,).
     Returns gram (u, b, b), grid_of_col (c,), xty (c, b), yty (c,).
     """
-    used, grid_of_col = np.unique(grid_index, return_inverse=True)
+    if grid_index.size == 1:  # a single column (common with many small groups)
+        used, grid_of_col = grid_index.copy(), np.zeros(1, dtype=np.int64)
+    else:
+        used, grid_of_col = np.unique(grid_index, return_inverse=True)
     gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
     weighted = np.empty_like(y_rot)
     _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)

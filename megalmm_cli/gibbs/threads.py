@@ -18,6 +18,9 @@ def threads_for(work: float):
         yield
         return
     previous = numba.get_num_threads()
+    if previous == 1:  # already on one thread (e.g. an enclosing threads_for)
+        yield
+        return
     numba.set_num_threads(1)
     try:
         yield

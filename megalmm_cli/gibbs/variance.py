@@ -10,13 +10,13 @@ from numba import njit, prange
 from ..gridlmm import draw_grid_index, grid_loglik
 
 
-def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms):
+def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms, half_logdet=None):
     """Grid index of h2 for every column, random effect integrated out.
 
     resid_rot: (n, c) rotated residuals; weights: (G, n); tot_prec: (c,); log_prior: (G,);
     uniforms: (c,). Returns (c,) int.
     """
-    loglik = grid_loglik(resid_rot * resid_rot, weights, tot_prec, log_prior)
+    loglik = grid_loglik(resid_rot * resid_rot, weights, tot_prec, log_prior, half_logdet)
     return draw_grid_index(loglik, uniforms)
 
 
