@@ -139,7 +139,12 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
         used, grid_of_col = grid_index.copy(), np.zeros(1, dtype=np.int64)
     else:
         used, grid_of_col = np.unique(grid_index, return_inverse=True)
-    gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
+    n, b = x_rot.shape
+    if b <= JOINT_MAX:  # every Gram matrix in one product: (u, n) @ (n, b * b)
+        outer = (x_rot[:, :, None] * x_rot[:, None, :]).reshape(n, b * b)
+        gram = (weights[used] @ outer).reshape(used.size, b, b)
+    else:
+        gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
     weighted = np.empty_like(y_rot)
     _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)
     xty = matmul(weighted.T, x_rot)
