@@ -3,32 +3,42 @@
 Lambda's prior precision is relative: lambda_lj ~ N(0, 1 / (tot_eta_prec_j * lambda_prec_lj)).
 """
 
+import ctypes
+
 import numpy as np
-import scipy.special as sc
 from numba import njit
+from numba.extending import get_cython_function_address
 
 from .random import standard_gammas
 
 
+# scipy's regularised upper incomplete gamma and its inverse, called from numba through
+# scipy.special.cython_special's C entry points (the same code as scipy.special's ufuncs)
+_C_DOUBLE_2 = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double, ctypes.c_double)
+_gammaincc = _C_DOUBLE_2(get_cython_function_address("scipy.special.cython_special", "gammaincc"))
+_gammainccinv = _C_DOUBLE_2(get_cython_function_address("scipy.special.cython_special", "gammainccinv"))
+
+
+@njit
 def truncated_gamma_above_one(shape, rate, uniform):
     """Gamma(shape, rate) truncated to [1, inf) by the inverse CDF of its upper tail."""
-    tail = sc.gammaincc(shape, rate)
+    tail = _gammaincc(shape, rate)
     if tail <= 0.0:
         return 1.0
-    return max(1.0, sc.gammainccinv(shape, tail * (1.0 - uniform)) / rate)
+    return max(1.0, _gammainccinv(shape, tail * (1.0 - uniform)) / rate)
 
 
-@njit(cache=True)
-def _delta_sweeps(delta, half_ss, rates0, std_gammas, start_it, start_h):
-    """Sweeps of the ARD delta_h | rest, from (start_it, start_h), in place.
+@njit
+def _delta_sweeps(delta, half_ss, shapes, rates0, std_gammas, uniforms):
+    """`iterations` sweeps of the ARD delta_h | rest, in place.
 
-    delta_h = std_gammas[it, h] / rate_h with rate_h = rates0[h] + sum_{l>=h} tau_l s_l / delta_h.
-    Stops and returns (it, h, rate_h) when a truncated draw (h > 0) falls below 1: the caller
-    then draws from the truncated tail and continues. Returns (-1, -1, 0) when done.
+    delta_h = std_gammas[it, h] / rate_h with rate_h = rates0[h] + sum_{l>=h} tau_l s_l / delta_h;
+    for h > 0 the draw is truncated to >= 1: an untruncated draw that lands >= 1 is kept, else
+    an inverse-CDF draw from the tail with uniforms[it, h] (together exactly the truncated law).
     """
     iterations, k = std_gammas.shape
-    for it in range(start_it, iterations):
-        for h in range(start_h if it == start_it else 0, k):
+    for it in range(iterations):
+        for h in range(k):
             tau = 1.0
             total = 0.0
             for l in range(k):
@@ -38,9 +48,8 @@ def _delta_sweeps(delta, half_ss, rates0, std_gammas, start_it, start_h):
             rate = rates0[h] + total / delta[h]
             value = std_gammas[it, h] / rate
             if h > 0 and value < 1.0:
-                return it, h, rate
+                value = truncated_gamma_above_one(shapes[h], rate, uniforms[it, h])
             delta[h] = value
-    return -1, -1, 0.0
 
 
 def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
@@ -64,15 +73,7 @@ def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
     rates0 = np.array([delta_1[1]] + [delta_2[1]] * (k - 1), dtype=np.float64)
     std_gammas = rng.standard_gamma(shapes, size=(iterations, k))
     uniforms = rng.random((iterations, k))
-    it, h = 0, 0
-    while True:
-        it, h, rate = _delta_sweeps(delta, half_ss, rates0, std_gammas, it, h)
-        if it < 0:
-            break
-        delta[h] = truncated_gamma_above_one(shapes[h], rate, uniforms[it, h])
-        it, h = (it, h + 1) if h + 1 < k else (it + 1, 0)
-        if it == iterations:
-            break
+    _delta_sweeps(delta, half_ss, shapes.astype(np.float64), rates0, std_gammas, uniforms)
     tau = np.cumprod(delta)
     return phi, delta, phi * tau[:, None]
 
