@@ -390,9 +390,11 @@ def predict(config, verbose, new_kinship, test_file):
 @click.argument("config", type=click.Path())
 @verbose_option
 def summarize(config, verbose):
-    """Write posterior summaries of G, R and trait h2 from all chains.
+    """Write posterior summaries of G, R and trait h2, diagnostics, a report and plots.
 
-    Output: <output_dir>/summary/G.csv, R.csv, h2.csv.
+    Output under <output_dir>/summary/: G.csv, R.csv (posterior means) with G_hpd_low/high.csv
+    and R_hpd_low/high.csv (95% HPD), h2.csv (mean and HPD), diagnostics.csv (rank-normalised
+    split R-hat, bulk and tail ESS across chains), report.md, and plots/*.png.
 
     \b
     Example:
