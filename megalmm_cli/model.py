@@ -150,6 +150,7 @@ def build_model(
     h2_divisions: int,
     priors: Priors,
     max_groups="auto",
+    trait_groups=None,
     scale_y: bool = True,
     resid_h2_prior="uniform",
     factor_h2_prior="uniform",
@@ -160,6 +161,8 @@ def build_model(
     values: (N, t) training phenotypes with NaN (test cells already hidden); kinship: (N, N)
     or None (identity); x1_all: (N, b1); x2_all: (N, b2). Rows with no observation are moved
     out of the training rows (they are predicted), so `ids` is reordered: training rows first.
+    trait_groups: missing-data groups already chosen on those training rows (else from
+    max_groups).
     """
     values = np.asarray(values, dtype=np.float64)
     n_all, t = values.shape
@@ -181,7 +184,8 @@ def build_model(
 
     all_train = np.arange(n)
     factor_rot = rotation(kinship, all_train)
-    trait_groups = missing_data_groups(observed, max_groups)
+    if trait_groups is None:  # else already chosen by the caller on the same training rows
+        trait_groups = missing_data_groups(observed, max_groups)
     steps = len(trait_groups)
     groups = []
     for gi, tg in enumerate(trait_groups):

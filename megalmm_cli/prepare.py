@@ -308,7 +308,7 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     model = build_model(
         inputs.ids, inputs.traits, inputs.values, inputs.kinship, inputs.x1, inputs.x1_names,
         inputs.x2, config.model.factors, config.model.h2_divisions, priors_from_config(config),
-        max_groups=config.missing_data.max_groups, scale_y=config.model.scale_y,
+        trait_groups=groups, scale_y=config.model.scale_y,
         resid_h2_prior=config.priors.h2_prior.resid, factor_h2_prior=config.priors.h2_prior.factors,
         progress=progress,
     )

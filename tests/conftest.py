@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,17 @@ def run_small_pipeline(directory, commands, n_new=3, chains=2):
         assert results[command].exit_code == 0, (command, results[command].output,
                                                  results[command].stderr)
     return config, results
+
+
+@contextmanager
+def numba_threads(n):
+    """Run numba kernels on n threads (restored afterwards). Tiny kernels called many times
+    run faster on one: a parallel region costs thread wake-ups; results do not depend on it."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

@@ -9,7 +9,6 @@ statistics do reject a plausible mistake.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -36,23 +35,13 @@ from megalmm_cli.gibbs.shrinkage import (
 from megalmm_cli.gibbs.variance import sample_h2_index, sample_random_effects
 from megalmm_cli.gridlmm import draw_grid_index, grid_loglik, grid_weights, h2_grid, rotation
 
+from .conftest import numba_threads
+
 Z_TOL = 5.0  # standard errors allowed per Monte-Carlo statistic
 P_MIN = 1e-4  # smallest accepted p-value of a goodness-of-fit test
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def numba_threads(n):
-    """Run many tiny kernel calls on one thread: a parallel region per call costs
-    milliseconds on a loaded machine, for no gain on these sizes."""
-    old = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(old)
 
 
 def random_kinship(rng, n, rank=None):

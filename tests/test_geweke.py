@@ -39,12 +39,10 @@ flaky without detecting anything more.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
 
-import numba
 import numpy as np
 import pytest
 import scipy.special as sc
@@ -53,6 +51,8 @@ import megalmm_cli.sampler as sampler_mod
 from megalmm_cli.model import Priors, build_model
 from megalmm_cli.sampler import gibbs_iteration
 from megalmm_cli.state import State
+
+from .conftest import numba_threads
 
 N, T, K, DIVISIONS = 8, 3, 2, 5
 MC_DRAWS = 50_000         # marginal-conditional draws (vectorised, about a second)
@@ -282,17 +282,6 @@ def report(names, z, top: int | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Tests
-
-
-@contextlib.contextmanager
-def numba_threads(n):
-    """Tiny kernels: parallel regions only cost thread wake-ups (results do not depend on it)."""
-    old = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
