@@ -231,7 +231,10 @@ def _bar(flag, desc, total=None, initial=0, unit="it"):
     from tqdm import tqdm
 
     class Bar(tqdm):
-        def update_to(self, done, total=None):
+        def update_to(self, done, total=None, desc=None):
+            if desc is not None and desc != self.desc:
+                self.set_description(desc, refresh=False)
+                self.reset(total)
             if total is not None:
                 self.total = total
             self.update(done - self.n)

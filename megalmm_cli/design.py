@@ -173,3 +173,31 @@ def missing_data_groups(observed: np.ndarray, max_groups) -> list[TraitGroup]:
             frozen = {i if i < worst else i + 1 for i in frozen}
     groups.sort(key=lambda g: (-g.rows.size, g.cols[0]))
     return groups
+
+
+def level_kinship(levels: pd.Series, kinship, source: str, column: str) -> np.ndarray:
+    """Row-level covariance Z K Z' of a random effect whose grouping column maps rows to levels.
+
+    levels: (N,) level of each row (NaN: no level, e.g. an individual to predict without a
+    value; its row and column are 0, so the effect adds nothing there); kinship: data.Kinship
+    over levels (levels absent from the data are ignored) or with matrix None (independent
+    levels). Returns (N, N).
+    """
+    present = levels.notna().to_numpy()
+    text = levels[present].astype(str).str.strip().to_numpy()
+    if kinship.matrix is None:
+        names, index = np.unique(text, return_inverse=True)
+        level_matrix = np.eye(names.size)
+    else:
+        position = pd.Index(kinship.ids).get_indexer(text)
+        absent = pd.unique(text[position < 0])
+        if absent.size:
+            shown = ", ".join(map(str, absent[:5])) + (", ..." if absent.size > 5 else "")
+            raise UserError(
+                f"{source}: {absent.size} level(s) of grouping column '{column}' are missing from "
+                f"the kinship (first: {shown}); add them to the kinship or fix the column")
+        used, index = np.unique(position, return_inverse=True)
+        level_matrix = kinship.matrix[np.ix_(used, used)]
+    z = np.zeros((levels.size, level_matrix.shape[0]))
+    z[np.flatnonzero(present), index] = 1.0
+    return z @ level_matrix @ z.T

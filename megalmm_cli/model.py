@@ -13,6 +13,7 @@ import numpy as np
 
 from .design import independent_columns, missing_data_groups
 from .gibbs.missing import missing_cells_csr
+from .gridcache import GridCache, build_cache
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
 
 
@@ -44,10 +45,14 @@ class GroupModel:
     miss_ptr: np.ndarray      # (t_g + 1,) CSR pointers of the imputed cells, by column
     miss_rows: np.ndarray     # (n_miss,) local row of each imputed cell
     projection: Projection    # to every individual outside `rows`
+    cache: GridCache | None = None     # several random effects: the general Grid-LMM path
+    effect_projections: tuple = ()     # several effects: one Projection per effect (raw rows)
 
     @cached_property
     def half_logdet(self) -> np.ndarray:
-        """(G,) sum_i log w_gi / 2 of the grid log-likelihood."""
+        """(G,) -log|V(h)| / 2 of the grid log-likelihood."""
+        if self.cache is not None:
+            return self.cache.half_logdet
         return 0.5 * np.log(self.weights).sum(axis=1)
 
 
@@ -80,7 +85,7 @@ class Model:
     x1_all: np.ndarray        # (N, b1) fixed-effect design for every individual
     x1_names: tuple
     x2_all: np.ndarray        # (N, b2) factor covariates (b2 may be 0)
-    grid: np.ndarray          # (G,) h2 values of the single random effect
+    grid: np.ndarray          # (G, m) variance proportions of the m random effects
     resid_log_prior: np.ndarray   # (G,)
     factor_log_prior: np.ndarray  # (G,)
     groups: tuple             # GroupModel per missing-data group
@@ -92,10 +97,24 @@ class Model:
     pattern_groups: tuple          # group indices per pattern
     priors: Priors
     group_of_trait: np.ndarray = field(default=None)  # (t,) group index per trait
+    effect_names: tuple = ("id",)           # (m,) grouping column of each random effect
+    factor_cache: GridCache | None = None   # several effects: the factors' Grid-LMM cache
+    factor_effect_projections: tuple = ()   # several effects: one Projection per effect
 
     @cached_property
     def factor_half_logdet(self) -> np.ndarray:
+        if self.factor_cache is not None:
+            return self.factor_cache.half_logdet
         return 0.5 * np.log(self.factor_weights).sum(axis=1)
+
+    @cached_property
+    def grid_total(self) -> np.ndarray:
+        """(G,) sum of the variance proportions at each grid point."""
+        return self.grid.sum(axis=1)
+
+    @property
+    def n_effects(self) -> int:
+        return self.grid.shape[1]
 
     @property
     def n(self) -> int:
@@ -138,6 +157,28 @@ def standardise(values: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray
     return (values - mean) / sd, mean, sd
 
 
+def effect_projection(kinship, rows: np.ndarray, other_rows: np.ndarray) -> Projection:
+    """Conditioning map of one effect from raw (unrotated) values on rows to other_rows."""
+    rot = rotation(kinship, rows)
+    proj = projection(kinship, rot, other_rows)
+    return Projection(proj.other_rows, proj.mean_map @ rot.vectors.T, proj.chol)
+
+
+def effect_blocks(kinships, rot: Rotation) -> list:
+    """B_r = Q' K_r Q on rot.rows for every effect (B_1 = diag(s) when K_1 made rot)."""
+    blocks = [np.diag(rot.values)]
+    for kinship in kinships[1:]:
+        block = (np.eye(rot.rows.size) if kinship is None
+                 else kinship[np.ix_(rot.rows, rot.rows)])
+        blocks.append(rot.vectors.T @ block @ rot.vectors)
+    return blocks
+
+
+def memory_cache(key, blocks, grid):
+    """Default cache builder: the whole Grid-LMM cache in memory."""
+    return build_cache(blocks, grid)
+
+
 def build_model(
     ids,
     traits,
@@ -155,38 +196,55 @@ def build_model(
     resid_h2_prior="uniform",
     factor_h2_prior="uniform",
     progress=None,
+    effect_names=None,
+    general_cache: bool = False,
+    cache_builder=memory_cache,
 ) -> Model:
-    """Everything the sampler needs, from aligned arrays (one random effect).
+    """Everything the sampler needs, from aligned arrays.
 
     values: (N, t) training phenotypes with NaN (test cells already hidden); kinship: (N, N)
-    or None (identity); x1_all: (N, b1); x2_all: (N, b2). Rows with no observation are moved
-    out of the training rows (they are predicted), so `ids` is reordered: training rows first.
-    trait_groups: missing-data groups already chosen on those training rows (else from
-    max_groups).
+    or None (identity) for one random effect, or a list of them (one per effect, in the
+    order of effect_names; row-level Z K Z'); x1_all: (N, b1); x2_all: (N, b2). Rows with no
+    observation are moved out of the training rows (they are predicted), so `ids` is
+    reordered: training rows first. trait_groups: missing-data groups already chosen on those
+    training rows (else from max_groups). With several effects (or general_cache) every group
+    gets a Grid-LMM cache from cache_builder(key, blocks, grid), key "factors" or the group
+    index.
     """
+    kinships = list(kinship) if isinstance(kinship, (list, tuple)) else [kinship]
+    n_effects = len(kinships)
+    general = n_effects > 1 or general_cache
     values = np.asarray(values, dtype=np.float64)
     n_all, t = values.shape
     observed_any = ~np.isnan(values).all(axis=1)
     order = np.concatenate([np.flatnonzero(observed_any), np.flatnonzero(~observed_any)])
     ids = tuple(ids[i] for i in order)
     values = values[order]
-    if kinship is not None:
-        kinship = kinship[np.ix_(order, order)]
+    kinships = [None if K is None else K[np.ix_(order, order)] for K in kinships]
+    kinship = kinships[0]
     x1_all = np.ascontiguousarray(x1_all[order])
     x2_all = np.ascontiguousarray(x2_all[order])
     n = int(observed_any.sum())
     y_std, mean, sd = standardise(values[:n], scale_y)
     observed = ~np.isnan(y_std)
 
-    grid = h2_grid(1, h2_divisions)[:, 0]
-    resid_log_prior = h2_log_prior(resid_h2_prior, grid.size, "priors.h2_prior.resid")
-    factor_log_prior = h2_log_prior(factor_h2_prior, grid.size, "priors.h2_prior.factors")
+    grid = h2_grid(n_effects, h2_divisions)
+    resid_log_prior = h2_log_prior(resid_h2_prior, grid.shape[0], "priors.h2_prior.resid")
+    factor_log_prior = h2_log_prior(factor_h2_prior, grid.shape[0], "priors.h2_prior.factors")
 
     all_train = np.arange(n)
     factor_rot = rotation(kinship, all_train)
     if trait_groups is None:  # else already chosen by the caller on the same training rows
         trait_groups = missing_data_groups(observed, max_groups)
-    steps = len(trait_groups)
+    steps = len(trait_groups) + general
+    factor_cache, factor_effects = None, ()
+    if general:
+        factor_cache = cache_builder("factors", effect_blocks(kinships, factor_rot), grid)
+        if n_effects > 1:
+            factor_effects = tuple(effect_projection(K, all_train, np.arange(n, n_all))
+                                   for K in kinships)
+        if progress is not None:
+            progress(1, steps)
     groups = []
     for gi, tg in enumerate(trait_groups):
         if np.array_equal(tg.rows, all_train):
@@ -198,15 +256,23 @@ def build_model(
         obs_block = observed[np.ix_(tg.rows, tg.cols)]
         ptr, miss_rows = missing_cells_csr(obs_block)
         others = np.setdiff1d(np.arange(n_all), tg.rows)
+        cache, effects = None, ()
+        if general:
+            cache = (factor_cache if rot is factor_rot
+                     else cache_builder(gi, effect_blocks(kinships, rot), grid))
+            if n_effects > 1:
+                effects = tuple(effect_projection(K, tg.rows, others) for K in kinships)
         groups.append(
             GroupModel(
-                rows=tg.rows, cols=tg.cols, rot=rot, weights=grid_weights(grid, rot.values),
+                rows=tg.rows, cols=tg.cols, rot=rot,
+                weights=cache.weights if general else grid_weights(grid[:, 0], rot.values),
                 x1_keep=keep, x1_rot=np.ascontiguousarray(x1_rot), observed=obs_block,
                 miss_ptr=ptr, miss_rows=miss_rows, projection=projection(kinship, rot, others),
+                cache=cache, effect_projections=effects,
             )
         )
         if progress is not None:
-            progress(gi + 1, steps)
+            progress(gi + 1 + general, steps)
 
     membership = np.zeros((n, len(groups)), dtype=bool)
     for gi, g in enumerate(groups):
@@ -215,14 +281,18 @@ def build_model(
     group_of_trait = np.empty(t, dtype=np.int64)
     for gi, g in enumerate(groups):
         group_of_trait[g.cols] = gi
+    if effect_names is None:
+        effect_names = tuple(f"effect{e + 1}" for e in range(n_effects)) if n_effects > 1 else ("id",)
     return Model(
         ids=ids, traits=tuple(traits), n_train=n, k=int(k), y_std=y_std, trait_mean=mean,
         trait_sd=sd, x1_all=x1_all, x1_names=tuple(x1_names), x2_all=x2_all, grid=grid,
         resid_log_prior=resid_log_prior, factor_log_prior=factor_log_prior, groups=tuple(groups),
-        factor_rot=factor_rot, factor_weights=grid_weights(grid, factor_rot.values),
+        factor_rot=factor_rot,
+        factor_weights=factor_cache.weights if general else grid_weights(grid[:, 0], factor_rot.values),
         x2_rot=np.ascontiguousarray(factor_rot.vectors.T @ x2_all[:n]),
         factor_projection=projection(kinship, factor_rot, np.arange(n, n_all)),
         pattern_of_row=pattern_of_row.ravel().astype(np.int64),
         pattern_groups=tuple(np.flatnonzero(p) for p in patterns),
-        priors=priors, group_of_trait=group_of_trait,
+        priors=priors, group_of_trait=group_of_trait, effect_names=tuple(effect_names),
+        factor_cache=factor_cache, factor_effect_projections=factor_effects,
     )

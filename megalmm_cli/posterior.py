@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .gibbs.variance import sample_random_effects_general
 from .model import Model, Projection
 from .state import State
 
@@ -43,8 +44,10 @@ def extra_sample_shapes(model: Model, mean_names) -> dict:
 def param_shape(model: Model, name: str) -> tuple:
     """Shape of one draw of a reported parameter."""
     N, n, t, k = len(model.ids), model.n, model.t, model.k
+    per_effect = (model.n_effects,) if model.n_effects > 1 else ()
     shapes = {
-        "Lambda": (k, t), "f_h2": (k,), "resid_h2": (t,), "tot_eta_prec": (t,), "tot_f_prec": (k,),
+        "Lambda": (k, t), "f_h2": per_effect + (k,), "resid_h2": per_effect + (t,),
+        "tot_eta_prec": (t,), "tot_f_prec": (k,),
         "B1": (model.x1_all.shape[1], t), "B2F": (model.x2_all.shape[1], k), "F": (n, k),
         "U_F": (N, k), "U_R": (N, t), "lambda_prec": (k, t), "delta": (k,), "G": (t, t),
         "R": (t, t), "h2": (t,), "U": (N, t), "eta_hat": (N, t),
@@ -69,16 +72,61 @@ def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
 
 def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
     """U_F (N, k) and U_R (N, t) for every individual, standardised units, free factor scale."""
+    if model.n_effects > 1:
+        return _random_effects_by_effect(model, state)
     N = len(model.ids)
     rng = state.pred_rng
-    f_h2 = model.grid[state.f_h2_index]
+    f_h2 = model.grid[state.f_h2_index, 0]
     u_f = _project(model.factor_rot.vectors, state.U_F_rot, model.factor_projection, N,
                    np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec), rng)
-    resid_h2 = model.grid[state.resid_h2_index]
+    resid_h2 = model.grid[state.resid_h2_index, 0]
     u_r = np.empty((N, model.t))
     for gi, g in enumerate(model.groups):
         sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
         u_r[:, g.cols] = _project(g.rot.vectors, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng)
+    return u_f, u_r
+
+
+def _sum_of_effects(cache, rot_vectors, resid_rot, h, tot_prec, index, projections, n_all, rows,
+                    rng):
+    """Several effects: draw each effect on `rows` given the residual (prediction Generator),
+    condition each on its own kinship to reach the other rows, and sum. Returns (N, c)."""
+    m, c = h.shape[1], resid_rot.shape[1]
+    by_effect = sample_random_effects_general(
+        resid_rot, h, tot_prec, index, cache, rng.standard_normal((m, cache.roots.shape[2], c)),
+        rng.standard_normal(resid_rot.shape), by_effect=True)
+    out = np.zeros((n_all, c))
+    for e in range(m):
+        raw = rot_vectors @ by_effect[e]
+        out[rows] += raw
+        proj = projections[e]
+        if proj.other_rows.size:
+            noise = proj.chol @ rng.standard_normal((proj.chol.shape[1], c))
+            sd = np.sqrt(h[:, e] / tot_prec)
+            out[proj.other_rows] += proj.mean_map @ raw + noise * sd[None, :]
+    return out
+
+
+def _random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
+    """random_effects() with several effects: a fresh draw of every effect from its full
+    conditional (the chain keeps only their sum), so each reported draw is a joint posterior
+    draw over training and other rows."""
+    N, n = len(model.ids), model.n
+    rng = state.pred_rng
+    rot = model.factor_rot
+    f_resid = rot.vectors.T @ (state.F - model.x2 @ state.B2F)
+    u_f = _sum_of_effects(model.factor_cache, rot.vectors, f_resid, model.grid[state.f_h2_index],
+                          state.tot_f_prec, state.f_h2_index, model.factor_effect_projections, N,
+                          np.arange(n), rng)
+    u_r = np.empty((N, model.t))
+    for gi, g in enumerate(model.groups):
+        cols = g.cols
+        fitted = (model.x1[g.rows] @ state.B1[:, cols]) + state.F[g.rows] @ state.Lambda[:, cols]
+        resid = g.rot.vectors.T @ (state.Y[gi] - fitted)
+        index = state.resid_h2_index[cols]
+        u_r[:, cols] = _sum_of_effects(g.cache, g.rot.vectors, resid, model.grid[index],
+                                       state.tot_eta_prec[cols], index, g.effect_projections, N,
+                                       g.rows, rng)
     return u_f, u_r
 
 
@@ -99,17 +147,17 @@ def draw(model: Model, state: State, names, effects=None) -> dict:
     sd = model.trait_sd
     f_sd = 1.0 / np.sqrt(state.tot_f_prec)
     lam = state.Lambda * f_sd[:, None] * sd[None, :]
-    resid_h2 = model.grid[state.resid_h2_index]
-    f_h2 = model.grid[state.f_h2_index]
+    resid_h2 = model.grid_total[state.resid_h2_index]
+    f_h2 = model.grid_total[state.f_h2_index]
     tot_eta_prec = state.tot_eta_prec / sd**2
     out = {}
     for name in names:
         if name == "Lambda":
             out[name] = lam
-        elif name == "f_h2":
-            out[name] = f_h2
-        elif name == "resid_h2":
-            out[name] = resid_h2
+        elif name == "f_h2":  # (k,), or (m, k) by effect
+            out[name] = f_h2 if model.n_effects == 1 else model.grid[state.f_h2_index].T
+        elif name == "resid_h2":  # (t,), or (m, t) by effect
+            out[name] = resid_h2 if model.n_effects == 1 else model.grid[state.resid_h2_index].T
         elif name == "tot_eta_prec":
             out[name] = tot_eta_prec
         elif name == "tot_f_prec":

@@ -8,6 +8,7 @@ later run could mistake for a finished one.
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import numpy as np
 from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict
 from .data import align_individuals, load_covariates, load_kinship, load_phenotypes, load_test_cells
-from .design import fixed_design, formula_variables, missing_data_groups
+from .design import fixed_design, formula_variables, level_kinship, missing_data_groups
 from .errors import UserError
+from .cachefile import CACHE_NAME, SliceStore, fingerprint, open_for_writing, read_cache
+from .gridcache import build_cache, cache_bytes, grid_point_count, grid_slices
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
-from .model import GroupModel, Model, Priors, Projection, build_model
+from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
 
 PREPARED_NAME = "prepared.h5"
 
@@ -58,7 +61,7 @@ class Inputs:
     ids: tuple
     traits: tuple
     values: np.ndarray        # (N, t) training values (test cells hidden)
-    kinship: np.ndarray | None
+    kinships: tuple           # per random effect: (N, N) row-level Z K Z', or None (identity)
     x1: np.ndarray
     x1_names: list
     x2: np.ndarray
@@ -66,6 +69,7 @@ class Inputs:
     test_cols: np.ndarray
     test_values: np.ndarray
     n_phenotyped: int
+    effect_names: tuple = ("id",)
 
 
 def check_factors(config: Config, n_traits: int) -> None:
@@ -78,21 +82,48 @@ def check_factors(config: Config, n_traits: int) -> None:
 def load_inputs(config: Config) -> Inputs:
     """Read and check every input file named by the config."""
     data = config.data
-    if len(config.model.random) > 1:
-        raise UserError(
-            f"{config.path.name}: model.random: this version fits one random effect "
-            f"(got {len(config.model.random)}: {', '.join(config.model.random)}); keep one"
-        )
+    id_column = data.phenotypes.id
+    effects = config.model.random
     covariate_vars = formula_variables(config.model.fixed) + formula_variables(config.model.factor_fixed)
-    pheno = load_phenotypes(data.phenotypes, extra_covariate_columns=covariate_vars)
-    kin_cfg = next(k for k in data.kinships if k.name == config.model.random[0])
-    kinship = load_kinship(kin_cfg, data.psd_tolerance)
-    aligned = align_individuals(pheno, [kinship])
+    pheno = load_phenotypes(data.phenotypes, extra_covariate_columns=covariate_vars + [
+        name for name in effects if name != id_column])
+    extra = load_covariates(data.covariates) if data.covariates is not None else None
+    columns = set(pheno.covariates.columns) | (set(extra.columns) if extra is not None else set())
+    loaded = [load_kinship(next(k for k in data.kinships if k.name == name), data.psd_tolerance)
+              for name in effects]
+    # an effect is over individuals (Z = I) when its grouping column is the id column (or, for
+    # the first effect, not a column at all: the kinship is keyed by individual); else its
+    # column maps individuals to levels
+    by_level = [name != id_column and (e > 0 or name in columns) for e, name in enumerate(effects)]
+    for e, name in enumerate(effects):
+        if by_level[e] and name not in columns:
+            raise UserError(
+                f"{config.path.name}: model.random[{e}]: '{name}' is neither the id column "
+                f"('{id_column}') nor a column of the phenotype or covariate file; name the "
+                "grouping column of each random effect")
+        if len(effects) > 1 and not by_level[e] and loaded[e].matrix is None:
+            raise UserError(
+                f"{config.path.name}: model.random[{e}]: an identity kinship over individuals "
+                f"('{name}') is the residual itself and cannot be estimated; give it a kinship "
+                "or group individuals by another column")
+    aligned = align_individuals(pheno, [k for k, lv in zip(loaded, by_level) if not lv])
     check_factors(config, len(aligned.traits))
     covariates = pheno.covariates
-    if data.covariates is not None:
-        extra = load_covariates(data.covariates)
+    if extra is not None:
         covariates = extra.combine_first(covariates.reindex(extra.index.union(covariates.index)))
+    row_kinships, next_row = [], iter(aligned.kinships)
+    for e, name in enumerate(effects):
+        if not by_level[e]:
+            row_kinships.append(next(next_row))
+            continue
+        levels = covariates[name].reindex(list(aligned.ids))
+        lacking = np.flatnonzero(levels.isna().to_numpy()[: aligned.n_phenotyped])
+        if lacking.size:
+            raise UserError(
+                f"{data.phenotypes.file.name}: individual '{aligned.ids[lacking[0]]}' has no value "
+                f"in grouping column '{name}' (model.random[{e}]; {lacking.size} phenotyped "
+                "individuals lack one); supply it or drop the individual")
+        row_kinships.append(level_kinship(levels, loaded[e], loaded[e].source, name))
     values = aligned.values.copy()
     if data.test_cells is not None:
         cells = load_test_cells(data.test_cells, aligned.ids, aligned.traits)
@@ -117,23 +148,75 @@ def load_inputs(config: Config) -> Inputs:
         x2 = x2[:, keep]
     else:
         x2 = np.zeros((len(aligned.ids), 0))
-    return Inputs(aligned.ids, aligned.traits, values, aligned.kinships[0], x1, x1_names, x2,
-                  test_rows, test_cols, test_values, aligned.n_phenotyped)
+    return Inputs(aligned.ids, aligned.traits, values, tuple(row_kinships), x1, x1_names, x2,
+                  test_rows, test_cols, test_values, aligned.n_phenotyped, tuple(effects))
 
 
-def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int) -> int:
-    """Bytes prepare (and later sample) holds at peak.
+def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
+                    n_effects: int = 1) -> int:
+    """Bytes prepare (and later sample) holds at peak, the Grid-LMM cache excluded.
 
-    group_rows: number of rows of each missing-data group. Counts the kinship, each group's
+    group_rows: number of rows of each missing-data group. Counts the kinships, each group's
     eigenvectors (plus workspace) and its conditioning maps to the other individuals, and the
-    n x t arrays of the sampler (data, rotated data, U_R, running means).
+    n x t arrays of the sampler (data, rotated data, U_R, running means). With several effects
+    also the effect blocks and slice workspace of the group being built and one conditioning
+    map per effect.
     """
     n_train = max(group_rows)
-    floats = n_all * n_all + 2 * n_train * n_train + 4 * n_all * t + divisions * n_train + n_all * b
+    floats = (n_effects * n_all * n_all + 2 * n_train * n_train + 4 * n_all * t
+              + grid_point_count(n_effects, divisions) * n_train + n_all * b)
+    if n_effects > 1:
+        floats += (n_effects + 4) * n_train * n_train
     for n_g in group_rows:
         n_o = n_all - n_g
-        floats += 2 * n_g * n_g + n_o * n_g + n_o * n_o
+        floats += 2 * n_g * n_g + (1 + (n_effects > 1) * n_effects) * (n_o * n_g + n_o * n_o)
     return 8 * floats
+
+
+def cache_size(n_train: int, group_rows, n_effects: int, divisions: int) -> int:
+    """Bytes of grid_cache.h5 (data; 0 with one effect): one cache per missing-data group,
+    plus the factors' unless a group covers every training row and shares it."""
+    if n_effects == 1:
+        return 0
+    sizes = [cache_bytes(n_g, n_effects, divisions) for n_g in group_rows]
+    if n_train not in group_rows:
+        sizes.append(cache_bytes(n_train, n_effects, divisions))
+    return int(sum(sizes))
+
+
+def check_cache_size(config: Config, size: int, limit: int, directory: Path, group_rows,
+                     n_effects: int, echo) -> None:
+    """Report the Grid-LMM cache size; refuse when it exceeds the memory limit or free disk."""
+    divisions = config.model.h2_divisions
+    echo(f"Grid-LMM cache: {n_effects} random effects, {grid_point_count(n_effects, divisions)} "
+         f"grid points in {grid_point_count(n_effects - 1, divisions)} slices per group, "
+         f"{len(group_rows)} group(s) of up to {max(group_rows)} rows: {human_bytes(size)} "
+         f"({size} bytes) in {CACHE_NAME}")
+    fix = ("lower model.h2_divisions (the cache grows as h2_divisions^(m-1)) or "
+           "missing_data.max_groups (one cache per group)")
+    if size > limit:
+        raise UserError(f"{config.path.name}: the Grid-LMM cache needs {human_bytes(size)} but the "
+                        f"memory limit is {human_bytes(limit)}; {fix}, or raise --max-memory")
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    existing = directory / CACHE_NAME
+    free += existing.stat().st_size if existing.exists() else 0
+    if size > free:
+        raise UserError(f"{config.path.name}: the Grid-LMM cache needs {human_bytes(size)} but "
+                        f"{directory} has {human_bytes(free)} free; {fix}, or free disk space")
+
+
+def disk_cache_builder(h5, progress):
+    """cache_builder for build_model that streams every slice into grid_cache.h5 (resumable)."""
+    def build(key, blocks, grid):
+        slice_of_point, rests = grid_slices(grid)
+        store = SliceStore.open(h5, str(key), rests.shape[0], blocks[0].shape[0], len(blocks),
+                                fingerprint(blocks, grid))
+        label = "factors" if key == "factors" else f"group {key}"
+        step = None if progress is None else (
+            lambda i, total: progress(i, total, f"prepare: cache of {label} (slices)"))
+        return build_cache(blocks, grid, store=store, progress=step)
+    return build
 
 
 def human_bytes(size: float) -> str:
@@ -175,7 +258,10 @@ def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str) -
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
-                        "config_hash": config_hash, "n_train": model.n_train})
+                        "config_hash": config_hash, "n_train": model.n_train,
+                        "n_effects": model.n_effects})
+        f.create_dataset("effect_names", data=np.array(model.effect_names, dtype=object), dtype=str_dt)
+        _write_effect_projections(f, "factor_effect_projections", model.factor_effect_projections)
         f.create_dataset("ids", data=np.array(model.ids, dtype=object), dtype=str_dt)
         f.create_dataset("traits", data=np.array(model.traits, dtype=object), dtype=str_dt)
         f.create_dataset("x1_names", data=np.array(model.x1_names, dtype=object), dtype=str_dt)
@@ -198,6 +284,7 @@ def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str) -
             else:
                 _write_rotation(gg.create_group("rot"), g.rot)
             _write_projection(gg.create_group("projection"), g.projection)
+            _write_effect_projections(gg, "effect_projections", g.effect_projections)
         order = {id_: i for i, id_ in enumerate(model.ids)}
         old_to_new = np.array([order[i] for i in inputs.ids], dtype=np.int64)
         tc = f.create_group("test_cells")
@@ -219,6 +306,19 @@ def _write_projection(group, proj: Projection) -> None:
         group.create_dataset(name, data=getattr(proj, name))
 
 
+def _write_effect_projections(parent, name: str, projections) -> None:
+    group = parent.create_group(name)
+    for e, proj in enumerate(projections):
+        _write_projection(group.create_group(str(e)), proj)
+
+
+def _read_effect_projections(parent, name: str) -> tuple:
+    if name not in parent:
+        return ()
+    group = parent[name]
+    return tuple(_read_projection(group[str(e)]) for e in range(len(group)))
+
+
 def _read_rotation(group) -> Rotation:
     return Rotation(group["rows"][()], np.ascontiguousarray(group["vectors"][()]), group["values"][()])
 
@@ -227,8 +327,13 @@ def _read_projection(group) -> Projection:
     return Projection(group["other_rows"][()], group["mean_map"][()], group["chol"][()])
 
 
-def load_model(config: Config) -> Model:
-    """Read prepared.h5 into a Model, with priors, k and the h2 grid from the config."""
+def load_model(config: Config, cache_in_memory: bool | None = None) -> Model:
+    """Read prepared.h5 into a Model, with priors, k and the h2 grid from the config.
+
+    With several random effects the Grid-LMM cache comes from grid_cache.h5: into memory
+    when cache_in_memory (default: when it takes under half the available memory), else its
+    slices are read from disk as the sampler needs them.
+    """
     path = prepared_path(config)
     if not path.exists():
         raise UserError(f"{path}: not found; run `megalmm prepare {config.path}` first")
@@ -238,19 +343,37 @@ def load_model(config: Config) -> Model:
             f"run `megalmm prepare {config.path}` again"
         )
     divisions = config.model.h2_divisions
-    grid = h2_grid(1, divisions)[:, 0]
     with h5py.File(path, "r") as f:
+        n_effects = int(f.attrs.get("n_effects", 1))
+        grid = h2_grid(n_effects, divisions)
+        cache_path = path.parent / CACHE_NAME
+        if n_effects > 1 and cache_in_memory is None:
+            size = cache_path.stat().st_size if cache_path.exists() else 0
+            cache_in_memory = size < available_memory() // 2
+        caches = {}
+
+        def cache(key):
+            if n_effects == 1:
+                return None
+            if key not in caches:
+                caches[key] = read_cache(cache_path, key, grid, cache_in_memory)
+            return caches[key]
+
         factor_rot = _read_rotation(f["factor_rot"])
         groups = []
         for i in range(int(f["groups"].attrs["count"])):
             gg = f["groups"][str(i)]
-            rot = factor_rot if gg.attrs.get("shares_factor_rotation", False) else _read_rotation(gg["rot"])
+            shared = gg.attrs.get("shares_factor_rotation", False)
+            rot = factor_rot if shared else _read_rotation(gg["rot"])
             x1_rot = gg["x1_rot"][()]
+            group_cache = cache("factors" if shared else str(i))
             groups.append(GroupModel(
-                rows=gg["rows"][()], cols=gg["cols"][()], rot=rot, weights=grid_weights(grid, rot.values),
+                rows=gg["rows"][()], cols=gg["cols"][()], rot=rot,
+                weights=group_cache.weights if group_cache else grid_weights(grid[:, 0], rot.values),
                 x1_keep=gg["x1_keep"][()], x1_rot=np.ascontiguousarray(x1_rot), observed=gg["observed"][()],
                 miss_ptr=gg["miss_ptr"][()], miss_rows=gg["miss_rows"][()],
-                projection=_read_projection(gg["projection"]),
+                projection=_read_projection(gg["projection"]), cache=group_cache,
+                effect_projections=_read_effect_projections(gg, "effect_projections"),
             ))
         pattern_groups = tuple(f["pattern_groups"][str(i)][()] for i in range(len(f["pattern_groups"])))
         check_factors(config, len(f["traits"]))
@@ -262,14 +385,23 @@ def load_model(config: Config) -> Model:
             trait_mean=f["trait_mean"][()], trait_sd=f["trait_sd"][()], x1_all=f["x1_all"][()],
             x1_names=tuple(s.decode() if isinstance(s, bytes) else s for s in f["x1_names"][()]),
             x2_all=f["x2_all"][()], grid=grid,
-            resid_log_prior=h2_log_prior(p.h2_prior.resid, grid.size, "priors.h2_prior.resid"),
-            factor_log_prior=h2_log_prior(p.h2_prior.factors, grid.size, "priors.h2_prior.factors"),
+            resid_log_prior=h2_log_prior(p.h2_prior.resid, len(grid), "priors.h2_prior.resid"),
+            factor_log_prior=h2_log_prior(p.h2_prior.factors, len(grid), "priors.h2_prior.factors"),
             groups=tuple(groups), factor_rot=factor_rot,
-            factor_weights=grid_weights(grid, factor_rot.values), x2_rot=f["x2_rot"][()],
+            factor_weights=(cache("factors").weights if n_effects > 1
+                            else grid_weights(grid[:, 0], factor_rot.values)),
+            x2_rot=f["x2_rot"][()],
             factor_projection=_read_projection(f["factor_projection"]),
             pattern_of_row=f["pattern_of_row"][()], pattern_groups=pattern_groups,
             priors=priors_from_config(config), group_of_trait=f["group_of_trait"][()],
+            effect_names=tuple(_text(f["effect_names"][()])) if "effect_names" in f else ("id",),
+            factor_cache=cache("factors"),
+            factor_effect_projections=_read_effect_projections(f, "factor_effect_projections"),
         )
+
+
+def _text(values) -> list:
+    return [s.decode() if isinstance(s, bytes) else s for s in values]
 
 
 def read_test_cells(config: Config) -> tuple[tuple, tuple, np.ndarray, np.ndarray, np.ndarray]:
@@ -293,8 +425,10 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     observed = ~np.isnan(inputs.values)
     train = observed.any(axis=1)
     groups = missing_data_groups(observed[train], config.missing_data.max_groups)
-    need = memory_estimate(n_all, [g.rows.size for g in groups], t, config.model.h2_divisions,
-                           inputs.x1.shape[1])
+    n_effects = len(inputs.kinships)
+    group_rows = [g.rows.size for g in groups]
+    need = memory_estimate(n_all, group_rows, t, config.model.h2_divisions, inputs.x1.shape[1],
+                           n_effects)
     limit = max_memory if max_memory is not None else int(0.8 * available_memory())
     echo(f"data: {n_all} individuals ({int(train.sum())} with phenotypes), {t} traits, "
          f"{int(observed.sum())} observed training cells, {inputs.test_rows.size} test cells, "
@@ -305,13 +439,26 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
             f"{human_bytes(limit)}; raise --max-memory, or lower missing_data.max_groups "
             "(fewer groups hold fewer rotations)"
         )
-    model = build_model(
-        inputs.ids, inputs.traits, inputs.values, inputs.kinship, inputs.x1, inputs.x1_names,
-        inputs.x2, config.model.factors, config.model.h2_divisions, priors_from_config(config),
-        trait_groups=groups, scale_y=config.model.scale_y,
-        resid_h2_prior=config.priors.h2_prior.resid, factor_h2_prior=config.priors.h2_prior.factors,
-        progress=progress,
-    )
+    cache_need = cache_size(int(train.sum()), group_rows, n_effects, config.model.h2_divisions)
+    if n_effects > 1:
+        check_cache_size(config, cache_need, limit, path.parent, group_rows, n_effects, echo)
+    priors = priors_from_config(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache_file = open_for_writing(path.parent / CACHE_NAME, prepare_hash(config)) if n_effects > 1 else None
+    try:
+        model = build_model(
+            inputs.ids, inputs.traits, inputs.values, list(inputs.kinships), inputs.x1,
+            inputs.x1_names, inputs.x2, config.model.factors, config.model.h2_divisions, priors,
+            trait_groups=groups, scale_y=config.model.scale_y,
+            resid_h2_prior=config.priors.h2_prior.resid,
+            factor_h2_prior=config.priors.h2_prior.factors,
+            progress=None if progress is None else (lambda i, n: progress(i, n, "prepare: groups")),
+            effect_names=inputs.effect_names,
+            cache_builder=disk_cache_builder(cache_file, progress) if cache_file else memory_cache,
+        )
+    finally:
+        if cache_file is not None:
+            cache_file.close()
     write_prepared(path, model, inputs, prepare_hash(config))
     imputed = sum(int(g.miss_rows.size) for g in model.groups)
     echo(f"wrote {path}: {len(model.groups)} missing-data group(s), {imputed} imputed cells, "

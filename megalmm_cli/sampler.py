@@ -9,14 +9,16 @@ from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
 from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
-from .gibbs.variance import sample_h2_index, sample_random_effects
+from .gibbs.variance import (columns_by_slice, general_loglik, sample_h2_index,
+                             sample_random_effects, sample_random_effects_general)
+from .gridlmm import draw_grid_index
 from .model import Model
 from .state import State
 
 
 def impute_missing(model: Model, state: State) -> None:
     """Step 1: redraw imputed cells inside each group's rows."""
-    resid_h2 = model.grid[state.resid_h2_index]
+    resid_h2 = model.grid_total[state.resid_h2_index]
     resid_sd = np.sqrt((1.0 - resid_h2) / state.tot_eta_prec)
     for gi, g in enumerate(model.groups):
         if g.miss_rows.size == 0:
@@ -46,6 +48,9 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F."""
+    if g.cache is not None:
+        _sample_group_general(model, state, gi, g, f_rot)
+        return
     p = model.priors
     rng = state.rng
     cols = g.cols
@@ -74,7 +79,58 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
                             g.half_logdet)
     state.resid_h2_index[cols] = index
     state.U_R_rot[gi] = sample_random_effects(
-        resid_rot, g.rot.values, model.grid[index], tau, normals(rng, (n_g, t_g)))
+        resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
+
+
+def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):
+    """Step 2 (or its factor analogue) on the general path: columns grouped by the slice of
+    their grid point, whitened by its transform, then the usual per-grid-point draws.
+
+    x_rot: (n, b); y_rot: (n, c); index: (c,); prior_prec, noise, coefs_t: (c, b) (coefs_t is
+    overwritten with the draw); rate0, std_gamma: (c,). Returns tot_prec (c,).
+    """
+    tau = np.empty(y_rot.shape[1])
+    for s, cols in columns_by_slice(cache, index):
+        transform = cache.transform(s)
+        gram, grid_of_col, xty, yty = grouped_normal_equations(
+            matmul(transform, x_rot), matmul(transform, y_rot[:, cols]), cache.weights, index[cols])
+        sub = np.ascontiguousarray(coefs_t[cols])
+        tau[cols] = sample_coefficients(gram, grid_of_col, xty, yty,
+                                        np.ascontiguousarray(prior_prec[cols]), rate0[cols],
+                                        std_gamma[cols], np.ascontiguousarray(noise[cols]), sub)
+        coefs_t[cols] = sub
+    return tau
+
+
+def _sample_group_general(model: Model, state: State, gi: int, g, f_rot) -> None:
+    """Steps 2-4 for one group with several random effects (through its Grid-LMM cache)."""
+    p = model.priors
+    rng = state.rng
+    cols, cache = g.cols, g.cache
+    x_rot = np.hstack([g.x1_rot, f_rot])
+    b1g = g.x1_rot.shape[1]
+    n_g, t_g = state.Y_rot[gi].shape
+    prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
+    coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
+    shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
+    std_gamma = rng.standard_gamma(shape, size=t_g)
+    tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], state.resid_h2_index[cols], prior_prec,
+                        np.full(t_g, p.tot_eta_rate), std_gamma, normals(rng, coefs_t.shape),
+                        coefs_t)
+    coefs = coefs_t.T
+    state.tot_eta_prec[cols] = tau
+    b1_block = np.zeros((state.B1.shape[0], t_g))
+    b1_block[g.x1_keep] = coefs[:b1g]
+    state.B1[:, cols] = b1_block
+    state.Lambda[:, cols] = coefs[b1g:]
+
+    resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
+    loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior)
+    index = draw_grid_index(loglik, rng.random(t_g))
+    state.resid_h2_index[cols] = index
+    state.U_R_rot[gi] = sample_random_effects_general(
+        resid_rot, model.grid[index], tau, index, cache,
+        normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
 
 
 def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
@@ -89,6 +145,9 @@ def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
 
 
 def _sample_factor_side(model: Model, state: State, f_rot) -> None:
+    if model.factor_cache is not None:
+        _sample_factor_side_general(model, state, f_rot)
+        return
     p = model.priors
     rng = state.rng
     k = model.k
@@ -107,14 +166,38 @@ def _sample_factor_side(model: Model, state: State, f_rot) -> None:
     index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
                             rng.random(k), model.factor_half_logdet)
     state.f_h2_index = index
-    state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values, model.grid[index],
+    state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values, model.grid[index, 0],
                                           tau, rng.standard_normal((model.n, k)))
+
+
+def _sample_factor_side_general(model: Model, state: State, f_rot) -> None:
+    """Step 5 with several random effects (through the factors' Grid-LMM cache)."""
+    p = model.priors
+    rng = state.rng
+    k, cache = model.k, model.factor_cache
+    b2 = model.x2_rot.shape[1]
+    shape = gamma_shape(p.tot_f_shape, model.n, 0, b2)
+    coefs_t = np.ascontiguousarray(state.B2F.T)
+    tau = draw_by_slice(cache, model.x2_rot, f_rot, state.f_h2_index,
+                        np.ascontiguousarray(state.B2F_prec.T), np.full(k, p.tot_f_rate),
+                        rng.standard_gamma(shape, size=k), rng.standard_normal((k, b2)), coefs_t)
+    coefs = coefs_t.T
+    state.tot_f_prec = tau
+    state.B2F = np.ascontiguousarray(coefs)
+    resid_rot = f_rot - model.x2_rot @ coefs
+    loglik = general_loglik(resid_rot, cache, tau, model.factor_log_prior)
+    index = draw_grid_index(loglik, rng.random(k))
+    state.f_h2_index = index
+    state.U_F_rot = sample_random_effects_general(
+        resid_rot, model.grid[index], tau, index, cache,
+        rng.standard_normal((model.n_effects, cache.roots.shape[2], k)),
+        rng.standard_normal((model.n, k)))
 
 
 def sample_scores(model: Model, state: State) -> None:
     """Step 6: F row by row given everything else."""
-    resid_prec = state.tot_eta_prec / (1.0 - model.grid[state.resid_h2_index])
-    f_e_prec = state.tot_f_prec / (1.0 - model.grid[state.f_h2_index])
+    resid_prec = state.tot_eta_prec / (1.0 - model.grid_total[state.resid_h2_index])
+    f_e_prec = state.tot_f_prec / (1.0 - model.grid_total[state.f_h2_index])
     # rhs = f_e_prec * (X2 B2F + U_F) + sum_g Lambda_g Psi_g (y - X1 B1 - U_R)_g; terms held in
     # the factor rotation are summed there first and rotated back once (n x k)
     rhs = (model.x2 @ state.B2F) * f_e_prec[None, :]

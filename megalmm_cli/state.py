@@ -49,7 +49,7 @@ def initial_state(model: Model, rng: np.random.Generator, pred_rng: np.random.Ge
     n, t, k = model.n, model.t, model.k
     b1, b2 = model.x1_all.shape[1], model.x2_all.shape[1]
     p = model.priors
-    G = model.grid.size
+    G = model.grid.shape[0]
     tot_eta_prec = rng.gamma(p.tot_eta_shape, 1.0 / p.tot_eta_rate, size=t)
     delta = np.concatenate([
         rng.gamma(p.delta_1[0], 1.0 / p.delta_1[1], size=1),

@@ -100,7 +100,7 @@ def truncated_gamma_above_one(shape, rate, rng, size):
 def prior_draws(model, rng, m: int) -> dict:
     """m independent draws of every parameter from the prior (leading axis m), with Y."""
     p = model.priors
-    grid = model.grid
+    grid = model.grid[:, 0]
     q, s = model.factor_rot.vectors, model.factor_rot.values
     tot_eta_prec = rng.gamma(p.tot_eta_shape, 1.0 / p.tot_eta_rate, size=(m, T))
     resid_h2_index = rng.integers(0, grid.size, size=(m, T))
@@ -134,7 +134,7 @@ def prior_draws(model, rng, m: int) -> dict:
 def draw_y(model, par: dict, rng) -> np.ndarray:
     """Y | theta = F Lambda + Q U_R* + N(0, (1 - resid_h2) / tot_eta_prec), batched or not."""
     q = model.groups[0].rot.vectors
-    resid_h2 = model.grid[par["resid_h2_index"]]
+    resid_h2 = model.grid[par["resid_h2_index"], 0]
     sd = np.sqrt((1.0 - resid_h2) / par["tot_eta_prec"])
     noise = rng.standard_normal(np.shape(par["F"])[:-1] + (T,)) * sd[..., None, :]
     return par["F"] @ par["Lambda"] + q @ par["U_R_rot"] + noise
@@ -182,7 +182,7 @@ def statistics(model, par: dict) -> tuple[list[str], np.ndarray]:
     Returns (names, (m, s)).
     """
     q = model.groups[0].rot.vectors
-    grid = model.grid
+    grid = model.grid[:, 0]
     tep, tfp = par["tot_eta_prec"], par["tot_f_prec"]
     rh2, fh2 = grid[par["resid_h2_index"]], grid[par["f_h2_index"]]
     lam, f, y = par["Lambda"], par["F"], par["Y"]
@@ -301,7 +301,7 @@ def test_prior_draws_match_their_definition(model):
     p = model.priors
     se = 5.0 / np.sqrt(MC_DRAWS)
     assert abs(mean["tot_eta_prec[0]"] - p.tot_eta_shape / p.tot_eta_rate) < 3 * se
-    assert abs(mean["resid_h2[1]"] - model.grid.mean()) < se
+    assert abs(mean["resid_h2[1]"] - model.grid[:, 0].mean()) < se
     assert abs(mean["delta_1"] - p.delta_1[0] / p.delta_1[1]) < 3 * se
     shape2, rate2 = p.delta_2  # E[X | X >= 1] for X ~ Gamma(shape2, rate2)
     truncated_mean = shape2 / rate2 * sc.gammaincc(shape2 + 1, rate2) / sc.gammaincc(shape2, rate2)

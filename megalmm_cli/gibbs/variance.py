@@ -1,13 +1,15 @@
 """Steps 3-4 (and 5 for factors): variance proportions on the grid, then random effects.
 
-Everything is in the rotated basis of one random effect, where column j has variance
-(h2_j s_i + 1 - h2_j) / tot_prec_j on row i.
+With one random effect everything is in its rotated basis, where column j has variance
+(h2_j s_i + 1 - h2_j) / tot_prec_j on row i. With several, the general functions at the end
+whiten through the slice transforms of the Grid-LMM cache (gridcache.py).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ..gridlmm import draw_grid_index, grid_loglik
+from .blas import matmul
 
 
 def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms, half_logdet=None):
@@ -42,3 +44,69 @@ def _random_effects_kernel(resid_rot, eigenvalues, h2, tot_prec, normals, out):
             shrink = genetic / (genetic + 1.0 - h2[j])
             var = shrink * (1.0 - h2[j]) / tot_prec[j]
             out[i, j] = shrink * resid_rot[i, j] + np.sqrt(var) * normals[i, j]
+
+
+# ----------------------------------------------------------------------------- several effects
+# The general path (DESIGN.md section 3, last paragraph): columns are whitened through the
+# slice transforms of a gridcache.GridCache instead of one diagonal weight vector.
+
+
+def general_loglik(resid, cache, tot_prec, log_prior):
+    """(G, c) grid log posterior of every column, random effects integrated out.
+
+    resid: (n, c) residuals in the group's basis; cache: GridCache; tot_prec: (c,);
+    log_prior: (G,). One (n, n) x (n, c) product per slice.
+    """
+    out = np.empty((cache.weights.shape[0], resid.shape[1]))
+    for s, points in enumerate(points_by_slice(cache)):
+        white = matmul(cache.transform(s), resid)
+        out[points] = grid_loglik(white * white, cache.weights[points], tot_prec, log_prior[points],
+                                  cache.half_logdet[points])
+    return out
+
+
+def points_by_slice(cache) -> list:
+    """Grid points of each slice: list of (points_s,) index arrays."""
+    order = np.argsort(cache.slice_of_point, kind="stable")
+    bounds = np.searchsorted(cache.slice_of_point[order], np.arange(cache.n_slices + 1))
+    return [order[bounds[s]:bounds[s + 1]] for s in range(cache.n_slices)]
+
+
+def columns_by_slice(cache, index) -> list:
+    """[(slice, columns)] for the slices used by the columns' grid points index (c,)."""
+    slices = cache.slice_of_point[index]
+    return [(int(s), np.flatnonzero(slices == s)) for s in np.unique(slices)]
+
+
+def apply_inverse(cache, index, values):
+    """V(h_j)^-1 values[:, j] for every column j at grid point index[j]: T_s' W T_s. (n, c)."""
+    out = np.empty_like(values)
+    for s, cols in columns_by_slice(cache, index):
+        transform = cache.transform(s)
+        white = matmul(transform, values[:, cols]) * cache.weights[index[cols]].T
+        out[:, cols] = matmul(transform.T, white)
+    return out
+
+
+def sample_random_effects_general(resid, h, tot_prec, index, cache, effect_normals,
+                                  resid_normals, by_effect=False):
+    """Random effects given the grid point, by conditioning prior draws (Matheron's rule).
+
+    resid: (n, c) e = sum_r u_r + eps in the group's basis; h: (c, m) variance proportions;
+    tot_prec: (c,); index: (c,) grid points; effect_normals: (m, r, c) and resid_normals
+    (n, c) standard normals. With u_r0 ~ N(0, h_r B_r / tot_prec), eps0 ~ N(0, (1 - sum h) /
+    tot_prec) and v = V(h)^-1 (e - sum_r u_r0 - eps0):
+        u_r = u_r0 + h_r B_r v        (exact draw from u_r | e),
+        sum_r u_r = e - eps0 - (1 - sum h) v.
+    Returns the sum (n, c), or every effect (m, n, c) when by_effect. Effects with h_r = 0 are 0.
+    """
+    sd = 1.0 / np.sqrt(tot_prec)
+    share_e = 1.0 - h.sum(axis=1)
+    prior = [matmul(cache.roots[e], effect_normals[e] * (np.sqrt(h[:, e]) * sd)[None, :])
+             for e in range(h.shape[1])]
+    eps0 = resid_normals * (np.sqrt(share_e) * sd)[None, :]
+    v = apply_inverse(cache, index, resid - sum(prior) - eps0)
+    if not by_effect:
+        return resid - eps0 - v * share_e[None, :]
+    return np.stack([prior[e] + h[:, e][None, :] * matmul(cache.roots[e], matmul(cache.roots[e].T, v))
+                     for e in range(h.shape[1])])

@@ -1,0 +1,161 @@
+"""The Grid-LMM cache for several random effects (m > 1).
+
+In the eigenbasis Q of the first effect on a group's rows, effect r has the relationship
+matrix B_r = Q' K_r Q (B_1 = diag(s)), and a column at grid point h has the covariance
+
+    V(h) = sum_r h_r B_r + (1 - sum_r h_r) I        (times 1 / tot_prec).
+
+Grid points that share h_1 .. h_{m-1} form a *slice*. Within slice s, with
+A_s = (1 - sum_{r<m} h_r) I + sum_{r<m} h_r B_r = L L' and L^-1 (B_m - I) L^-T = P diag(lam) P',
+the transform T_s = P' L^-1 diagonalises every V(h) of the slice at once:
+
+    T_s V(h) T_s' = diag(1 + h_m lam),    log|V(h)| = log|A_s| + sum_i log(1 + h_m lam_i).
+
+So V(h)^-1/2 (a factor of V(h) for every grid point) is diag(w(h))^1/2 T_s, with the weights
+w_i(h) = 1 / (1 + h_m lam_i): whitening a column at any grid point is one product with its
+slice's T_s. The cache holds S = C(D - 2 + m, m - 1) transforms per group (D times fewer than
+one Cholesky factor per grid point), and the grid log-likelihood needs S products, not G.
+With m = 1 there is one slice, A = I and T = P' is a permutation: the eigen basis itself.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cholesky, solve_triangular
+
+
+@dataclass(frozen=True)
+class GridCache:
+    """Per-group cache (or for the factors): everything the general Grid-LMM path needs.
+
+    slice_of_point: (G,) slice index of each grid point; transforms: (S, n, n) T_s in the
+    group's rotated basis, a numpy array or an h5py dataset read one slice at a time;
+    weights: (G, n) 1 / (1 + h_m lam_i); half_logdet: (G,) -log|V(h)| / 2;
+    roots: (m, n, r) with roots[e] @ roots[e].T = B_e (zero-padded to a common r).
+    """
+
+    slice_of_point: np.ndarray
+    transforms: object
+    weights: np.ndarray
+    half_logdet: np.ndarray
+    roots: np.ndarray
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.transforms.shape[0])
+
+    def transform(self, s: int) -> np.ndarray:
+        return np.asarray(self.transforms[s])
+
+    def in_memory(self) -> "GridCache":
+        """The same cache with every transform read into memory."""
+        if isinstance(self.transforms, np.ndarray):
+            return self
+        return GridCache(self.slice_of_point, self.transforms[()], self.weights, self.half_logdet,
+                         self.roots)
+
+
+def grid_slices(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of an (G, m) grid: (slice_of_point (G,), rest (S, m - 1)) where rest[s] holds
+    h_1 .. h_{m-1} shared by the points of slice s (slices in order of first appearance)."""
+    rest = grid[:, :-1]
+    if rest.shape[1] == 0:
+        return np.zeros(grid.shape[0], dtype=np.int64), np.zeros((1, 0))
+    _, first, inverse = np.unique(rest, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)             # slice numbers in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    slice_of_point = rank[inverse.ravel()].astype(np.int64)
+    return slice_of_point, rest[np.sort(first)]
+
+
+def slice_transform(blocks, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """T_s (n, n), lam (n,) and log|A_s| for one slice.
+
+    blocks: m matrices B_r (n, n) in the group's basis; rest: (m - 1,) h_1 .. h_{m-1}.
+    """
+    n = blocks[0].shape[0]
+    a = np.eye(n) * (1.0 - rest.sum())
+    for h, block in zip(rest, blocks[:-1]):
+        if h:
+            a += h * block
+    low = cholesky(a, lower=True)
+    last = blocks[-1] - np.eye(n)
+    half = solve_triangular(low, last, lower=True)                # L^-1 (B_m - I)
+    middle = solve_triangular(low, half.T, lower=True)             # L^-1 (B_m - I) L^-T
+    lam, vectors = np.linalg.eigh((middle + middle.T) / 2)
+    transform = solve_triangular(low, vectors, lower=True, trans="T").T   # P' L^-1
+    return np.ascontiguousarray(transform), lam, 2.0 * float(np.log(np.diag(low)).sum())
+
+
+def point_weights(grid: np.ndarray, slice_of_point: np.ndarray, lams: np.ndarray,
+                  logdet_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """weights (G, n) = 1 / (1 + h_m lam_slice) and half_logdet (G,) = -log|V(h)| / 2."""
+    weights = 1.0 / (1.0 + grid[:, -1, None] * lams[slice_of_point])
+    half_logdet = 0.5 * np.log(weights).sum(axis=1) - 0.5 * logdet_a[slice_of_point]
+    return weights, half_logdet
+
+
+def effect_roots(blocks) -> np.ndarray:
+    """(m, n, r): a square root of each B_r (eigen-based, zero eigenvalues dropped), padded."""
+    roots = []
+    for block in blocks:
+        diag = np.diag(np.diag(block))
+        if np.array_equal(block, diag):
+            root = np.diag(np.sqrt(np.clip(np.diag(block), 0.0, None)))
+        else:
+            values, vectors = np.linalg.eigh((block + block.T) / 2)
+            keep = values > 1e-10 * max(values.max(), 1e-300)
+            root = vectors[:, keep] * np.sqrt(values[keep])[None, :]
+        roots.append(root)
+    width = max(r.shape[1] for r in roots)
+    out = np.zeros((len(roots), roots[0].shape[0], width))
+    for e, root in enumerate(roots):
+        out[e, :, : root.shape[1]] = root
+    return out
+
+
+def build_cache(blocks, grid: np.ndarray, store=None, progress=None) -> GridCache:
+    """The cache of one group from its m blocks B_r (n, n) and the (G, m) grid.
+
+    store: optional cachefile.SliceStore (writable `transforms` (S, n, n), is_done / lam /
+    logdet / finish per slice, save_roots) to stream the slices to disk and resume an
+    interrupted build; else everything is built in memory.
+    """
+    slice_of_point, rests = grid_slices(grid)
+    n_slices, n = rests.shape[0], blocks[0].shape[0]
+    lams = np.empty((n_slices, n))
+    logdet_a = np.empty(n_slices)
+    transforms = store.transforms if store is not None else np.empty((n_slices, n, n))
+    for s in range(n_slices):
+        if store is not None and store.is_done(s):
+            lams[s], logdet_a[s] = store.lam(s), store.logdet(s)
+        else:
+            transform, lams[s], logdet_a[s] = slice_transform(blocks, rests[s])
+            transforms[s] = transform
+            if store is not None:
+                store.finish(s, lams[s], logdet_a[s])
+        if progress is not None:
+            progress(s + 1, n_slices)
+    weights, half_logdet = point_weights(grid, slice_of_point, lams, logdet_a)
+    roots = effect_roots(blocks)
+    if store is not None:
+        store.save_roots(roots)
+    return GridCache(slice_of_point, transforms, weights, half_logdet, roots)
+
+
+def cache_bytes(n_rows: int, n_effects: int, divisions: int) -> int:
+    """Size of one group's cache on disk: S transforms (n x n), their lam (n) and log|A|, the
+    m effect roots (at most n x n each) and the slice flags."""
+    n_slices = slice_count(n_effects, divisions)
+    return 8 * (n_slices * n_rows * n_rows + n_effects * n_rows * n_rows
+                + n_slices * (n_rows + 1)) + n_slices
+
+
+def grid_point_count(n_effects: int, divisions: int) -> int:
+    from math import comb
+    return comb(divisions - 1 + n_effects, n_effects)
+
+
+def slice_count(n_effects: int, divisions: int) -> int:
+    return 1 if n_effects == 1 else grid_point_count(n_effects - 1, divisions)
