@@ -103,17 +103,22 @@ def main():
               help="Individuals with genotypes but no phenotypes (to predict).")
 @click.option("--markers", "n_markers", default=2000, show_default=True, help="Simulated markers.")
 @click.option("--factors", default=None, type=int, help="Factors in the written config [default: max(2k, k + 5), at most t].")
+@click.option("--blocks", default=0, show_default=True,
+              help="Levels of a second random effect (a Block column); 0 = one random effect.")
 @click.option("--seed", default=1, show_default=True, help="Random seed.")
 @verbose_option
-def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, seed, verbose):
+def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, blocks, seed, verbose):
     """Simulate a data set from the MegaLMM model, with its truth and a ready config.
 
     Writes phenotypes.csv (wide), covariates.csv, genotypes.csv (0/1/2), kinship.csv,
     heldout_cells.csv (the true values of the missing cells), truth.h5 and config.yaml.
+    With --blocks L a second random effect is simulated: a Block column with L independent
+    levels, and the config lists both effects (model.random: [id, Block]).
 
     \b
-    Example:
+    Examples:
       megalmm simulate example_data --n 300 --t 200 --k 8 --missing 0.2 --seed 1
+      megalmm simulate two_effects --n 400 --t 100 --k 5 --blocks 40
     """
     def action():
         from .simulate import simulate_data, write_simulation
@@ -122,7 +127,10 @@ def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, seed, verbose)
             raise UserError(f"--missing: must be in [0, 1), got {missing}")
         if min(n, t, k) < 1 or n_new < 0 or n_new >= n:
             raise UserError("--n, --t, --k must be >= 1 and 0 <= --n-new < --n")
-        sim = simulate_data(n, t, k, missing=missing, seed=seed, n_markers=n_markers, n_new=n_new)
+        if blocks < 0:
+            raise UserError(f"--blocks: must be >= 0, got {blocks}")
+        sim = simulate_data(n, t, k, missing=missing, seed=seed, n_markers=n_markers, n_new=n_new,
+                            n_blocks=blocks)
         paths = write_simulation(sim, Path(outdir), factors=factors)
         _echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
               f"{missing:.0%} missing) to {outdir}/; config: {paths['config']}")

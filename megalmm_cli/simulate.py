@@ -4,7 +4,9 @@ One random effect (individuals = rows), DESIGN.md section 2:
 
     Y = c * (X1 B1 + F Lambda + U_R + E_R),   F = U_F + E_F
 
-with c (t,) a per-trait scale. All stored truth is in the scale of the written Y.
+with c (t,) a per-trait scale. All stored truth is in the scale of the written Y. With
+n_blocks > 0 a second random effect is added to the traits: a "Block" column groups the
+individuals into n_blocks independent levels (Z I Z'), with its own share block_h2 per trait.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Simulation:
     U: np.ndarray                 # (n, t) genetic values U_F Lambda + U_R (scaled)
     missing: float = 0.0          # requested missing fraction
     seed: int = 1                 # seed given to numpy.random.default_rng
+    blocks: np.ndarray | None = None     # (n,) str block of each individual (n_blocks > 0)
+    block_h2: np.ndarray | None = None   # (t,) share of the block effect in the residual LMM
+    U_block: np.ndarray | None = None    # (n, t) block effect of each individual (scaled)
+    h2_by_effect: np.ndarray | None = None  # (2, t) kinship and block shares of each trait
 
     @property
     def n(self) -> int:
@@ -104,9 +110,10 @@ def _missing_mask(rng: np.random.Generator, n_pheno: int, t: int, missing: float
 
 
 def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
-                  n_markers: int = 2000, n_new: int = 0) -> Simulation:
+                  n_markers: int = 2000, n_new: int = 0, n_blocks: int = 0) -> Simulation:
     """Draw a data set of n individuals (the last n_new unphenotyped), t traits, k true factors
-    and n_markers markers. All randomness comes from numpy.random.default_rng(seed)."""
+    and n_markers markers. All randomness comes from numpy.random.default_rng(seed); the block
+    effect (n_blocks > 0) from default_rng([seed, 1]), so the rest does not change with it."""
     n, t, k, n_markers, n_new = int(n), int(t), int(k), int(n_markers), int(n_new)
     missing = float(missing)
     if t < 1 or k < 1:
@@ -159,9 +166,19 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     U_R = L @ rng.standard_normal((n, t))
     U_R *= np.sqrt(resid_h2 * sigma2)
     del L
+    blocks = block_h2 = U_block = None
+    if n_blocks:
+        block_rng = np.random.default_rng([seed, 1])
+        labels = np.asarray(_names("B", int(n_blocks), 2))
+        blocks = labels[block_rng.integers(0, int(n_blocks), size=n)]
+        block_h2 = block_rng.uniform(0.1, 0.4, size=t)
+        level_effects = block_rng.standard_normal((int(n_blocks), t)) * np.sqrt(block_h2 * sigma2)
+        U_block = level_effects[np.searchsorted(labels, blocks)]
     Y = rng.standard_normal((n, t))
-    Y *= np.sqrt((1.0 - resid_h2) * sigma2)                                        # E_R
+    Y *= np.sqrt((1.0 - resid_h2 - (block_h2 if n_blocks else 0.0)) * sigma2)   # E_R
     Y += U_R
+    if n_blocks:
+        Y += U_block
     Y += X1 @ B1
     FL = F @ Lambda
     Y += FL
@@ -181,6 +198,15 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     G[np.diag_indices(t)] += resid_h2 * sigma2
     R = (Lambda.T * (1.0 - f_h2)) @ Lambda
     R[np.diag_indices(t)] += (1.0 - resid_h2) * sigma2
+    h2_by_effect = None
+    if n_blocks:
+        U_block = U_block * c
+        R[np.diag_indices(t)] -= block_h2 * sigma2      # the block effect is not residual
+        G_block = block_h2 * sigma2
+        total = np.diag(G) + G_block + np.diag(R)
+        h2_by_effect = np.vstack([np.diag(G) / total, G_block / total])
+        G[np.diag_indices(t)] += G_block              # G: all random effects together
+        U += U_block
     h2 = np.diag(G) / (np.diag(G) + np.diag(R))
 
     # missing cells; new individuals are entirely unobserved
@@ -193,6 +219,7 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
         markers=markers, kinship=kinship, Y=Y, observed=observed, n_new=n_new,
         Lambda=Lambda, f_h2=f_h2, F=F, U_F=U_F, resid_h2=resid_h2, tot_eta_prec=tot_eta_prec,
         U_R=U_R, B1=B1, trait_scale=c, G=G, R=R, h2=h2, U=U, missing=missing, seed=seed,
+        blocks=blocks, block_h2=block_h2, U_block=U_block, h2_by_effect=h2_by_effect,
     )
 
 
@@ -235,8 +262,11 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
         ("heldout_cells", "heldout_cells.csv"), ("truth", "truth.h5"), ("config", "config.yaml")]}
 
     pheno = np.where(sim.observed[:n_pheno], sim.Y[:n_pheno], np.nan)
-    _write_csv(paths["phenotypes"], ["id", "Population"] + traits,
-               [ids[:n_pheno], sim.populations[:n_pheno]], pheno, "%.6g")
+    lead_names, lead = ["id", "Population"], [ids[:n_pheno], sim.populations[:n_pheno]]
+    if sim.blocks is not None:
+        lead_names.append("Block")
+        lead.append(sim.blocks[:n_pheno])
+    _write_csv(paths["phenotypes"], lead_names + traits, lead, pheno, "%.6g")
     _write_csv(paths["covariates"], ["id", "Population", "x"], [ids, sim.populations],
                sim.x[:, None], "%.8g")
     _write_csv(paths["genotypes"], ["id"] + list(_names("m", sim.markers.shape[1], 4)), [ids],
@@ -249,8 +279,10 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
     str_dt = h5py.string_dtype("utf-8")
     with h5py.File(paths["truth"], "w") as h5:
         for name in ("Lambda", "f_h2", "F", "U_F", "resid_h2", "tot_eta_prec", "U_R", "B1",
-                     "trait_scale", "G", "R", "h2", "U", "observed", "Y"):
-            h5.create_dataset(name, data=getattr(sim, name))
+                     "trait_scale", "G", "R", "h2", "U", "observed", "Y", "block_h2", "U_block",
+                     "h2_by_effect"):
+            if getattr(sim, name) is not None:
+                h5.create_dataset(name, data=getattr(sim, name))
         h5.create_dataset("ids", data=list(sim.ids), dtype=str_dt)
         h5.create_dataset("traits", data=traits, dtype=str_dt)
         h5.attrs.update({"n": sim.n, "t": sim.t, "k": sim.k, "n_new": sim.n_new,
@@ -261,16 +293,18 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
     n_factors = int(factors) if factors is not None else min(sim.t, max(2 * sim.k, sim.k + 5))
     data = {
         "phenotypes": {"file": "phenotypes.csv", "layout": "wide", "id": "id",
-                       "covariate_columns": ["Population"]},
+                       "covariate_columns": lead_names[1:]},
         "covariates": {"file": "covariates.csv", "id": "id"},
         "kinships": {"id": {"file": "kinship.csv"}},
     }
+    if sim.blocks is not None:
+        data["kinships"]["Block"] = None    # independent levels
     if rows.size:
         data["test_cells"] = {"file": "heldout_cells.csv"}
     config = {
         "run": {"name": outdir.resolve().name, "output_dir": "run", "seed": 1},
         "data": data,
-        "model": {"fixed": "~ Population + x", "random": ["id"], "factors": n_factors,
+        "model": {"fixed": "~ Population + x", "random": list(data["kinships"]), "factors": n_factors,
                   "h2_divisions": 20},
         "missing_data": {"max_groups": "auto"},
         "mcmc": {"burn_in": 500, "reorder_every": 100, "samples": 1000, "thin": 2,

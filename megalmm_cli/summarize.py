@@ -170,6 +170,16 @@ def diagnostic_series(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.nd
     return names, np.concatenate(columns, axis=-1)
 
 
+def h2_by_effect(lam, f_h2, resid_h2, tot_eta_prec) -> np.ndarray:
+    """(S, m, t) share of each random effect in each trait's variance, from draws of lam
+    (S, K, t), f_h2 (S, m, K), resid_h2 (S, m, t) and tot_eta_prec (S, t) (unit-variance
+    factors): (sum_l lam_lj^2 f_h2[r, l] + resid_h2[r, j] / tot_eta_prec_j) / var_j."""
+    squared = lam ** 2
+    total = squared.sum(axis=1) + 1.0 / tot_eta_prec
+    genetic = np.einsum("srk,skt->srt", f_h2, squared) + resid_h2 / tot_eta_prec[:, None, :]
+    return genetic / total[:, None, :]
+
+
 def diagnostics_table(names: list, series: np.ndarray) -> pd.DataFrame:
     """Rows param, rhat, ess_bulk, ess_tail from diagnostic_series' output."""
     from .diagnostics import convergence
@@ -184,7 +194,14 @@ def run_summarize(config: Config, echo=print) -> Path:
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         n_train = int(f.attrs["n_train"])
+        effect_names = ([s.decode() if isinstance(s, bytes) else s for s in f["effect_names"][()]]
+                        if "effect_names" in f else ["id"])
     per_chain = load_chain_draws(config)
+    by_effect = {}
+    for name in ("f_h2", "resid_h2"):  # several effects: (S, m, .) -> totals, kept by effect
+        if per_chain[name] and per_chain[name][0].ndim == 3:
+            by_effect[name] = np.concatenate(per_chain[name])
+            per_chain[name] = [d.sum(axis=1) for d in per_chain[name]]
     draws = {name: np.concatenate(vals) for name, vals in per_chain.items()}
     n_draws = draws["Lambda"].shape[0]
     t = len(traits)
@@ -205,6 +222,16 @@ def run_summarize(config: Config, echo=print) -> Path:
     table.to_csv(out / "h2.csv", index=False, float_format="%.4f")
     echo(f"wrote {out}/G.csv, R.csv, h2.csv from {n_draws} draws "
          f"(median h2 {np.median(table.h2_mean):.3f})")
+    if by_effect:
+        shares = h2_by_effect(draws["Lambda"], by_effect["f_h2"], by_effect["resid_h2"],
+                              draws["tot_eta_prec"])
+        low, high = hpd_interval(shares)
+        m = shares.shape[1]
+        pd.DataFrame({"trait": np.tile(traits, m), "effect": np.repeat(effect_names, t),
+                      "h2_mean": shares.mean(axis=0).ravel(), "hpd_low": low.ravel(),
+                      "hpd_high": high.ravel()}).to_csv(out / "h2_by_effect.csv", index=False,
+                                                        float_format="%.4f")
+        echo(f"wrote {out}/h2_by_effect.csv (shares of {', '.join(effect_names)})")
 
     g_low, g_high = g_hpd(draws)
     pd.DataFrame(g_low, index=traits, columns=traits).to_csv(out / "G_hpd_low.csv", float_format="%.6g")
