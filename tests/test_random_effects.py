@@ -1,0 +1,203 @@
+"""Several random effects: the Grid-LMM slice cache and the general sampler path.
+
+Each check compares with a dense computation on a tiny case: the grid log-likelihood against
+the multivariate normal density, the random-effect draws against their closed-form
+conditional moments, and the one-effect model run through the general cache against the
+eigen-basis path.
+"""
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from megalmm_cli.gibbs.coefficients import grouped_normal_equations, sample_coefficients
+from megalmm_cli.gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
+                                        sample_random_effects_general)
+from megalmm_cli.gridcache import build_cache, cache_bytes, grid_slices, slice_count
+from megalmm_cli.gridlmm import grid_loglik, h2_grid, rotation
+from megalmm_cli.model import build_model, effect_blocks
+from megalmm_cli.sampler import draw_by_slice, gibbs_iteration
+from megalmm_cli.simulate import simulate_data
+from megalmm_cli.state import initial_state
+
+from .conftest import DEFAULT_PRIORS
+
+
+def random_kinship(rng, n, rank=None):
+    a = rng.standard_normal((n, rank or n))
+    k = a @ a.T / (rank or n)
+    return k / np.mean(np.diag(k))
+
+
+def block_kinship(rng, n, levels):
+    z = np.eye(levels)[rng.integers(0, levels, size=n)]
+    return z @ z.T
+
+
+def dense_cov(kinships, h):
+    n = kinships[0].shape[0]
+    return sum(hr * k for hr, k in zip(h, kinships)) + (1.0 - sum(h)) * np.eye(n)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_grid_loglik_matches_dense_normal_density(m):
+    rng = np.random.default_rng(m)
+    n, c, divisions = 9, 3, 4
+    kinships = [random_kinship(rng, n), block_kinship(rng, n, 3), random_kinship(rng, n, rank=4)][:m]
+    rot = rotation(kinships[0], np.arange(n))
+    grid = h2_grid(m, divisions)
+    cache = build_cache(effect_blocks(kinships, rot), grid)
+    assert cache.n_slices == slice_count(m, divisions) < grid.shape[0]
+    resid = rng.standard_normal((n, c))
+    tau = rng.uniform(0.5, 2.0, size=c)
+    log_prior = np.log(rng.dirichlet(np.ones(grid.shape[0])))
+    loglik = general_loglik(rot.vectors.T @ resid, cache, tau, log_prior)
+    dense = np.array([[multivariate_normal(np.zeros(n), dense_cov(kinships, h) / tau[j]).logpdf(resid[:, j])
+                       for j in range(c)] for h in grid]) + log_prior[:, None]
+    # equal up to a constant per column (-n/2 log 2 pi + n/2 log tau)
+    np.testing.assert_allclose(loglik - loglik[0], dense - dense[0], atol=1e-9)
+    assert np.ptp(dense - loglik, axis=0).max() < 1e-9
+
+
+def test_slices_share_all_but_the_last_component():
+    grid = h2_grid(3, 5)
+    slice_of_point, rests = grid_slices(grid)
+    np.testing.assert_array_equal(grid[:, :2], rests[slice_of_point])
+    assert len(rests) == slice_count(3, 5) == 15
+    assert cache_bytes(10, 3, 5) == 8 * (15 * 100 + 3 * 100 + 15 * 11) + 15
+
+
+def affine_draws(draw, shapes):
+    """Mean and covariance of a draw that is affine in its standard normals: the draw at zero
+    noise, and J J' with J from unit noise vectors."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    zero = draw(*[np.zeros(s) for s in shapes])
+    columns = []
+    for which, size in enumerate(sizes):
+        for i in range(size):
+            noise = [np.zeros(s) for s in shapes]
+            noise[which].flat[i] = 1.0
+            columns.append((draw(*noise) - zero).ravel())
+    jac = np.array(columns).T
+    return zero.ravel(), jac @ jac.T
+
+
+@pytest.mark.parametrize("h", [(0.3, 0.4), (0.0, 0.5), (0.6, 0.0)])
+def test_effect_draws_match_closed_form_conditional(h):
+    rng = np.random.default_rng(7)
+    n, divisions = 7, 10
+    kinships = [random_kinship(rng, n), block_kinship(rng, n, 3)]
+    rot = rotation(kinships[0], np.arange(n))
+    blocks = effect_blocks(kinships, rot)
+    grid = h2_grid(2, divisions)
+    cache = build_cache(blocks, grid)
+    index = int(np.flatnonzero(np.all(np.isclose(grid, h), axis=1))[0])
+    tau = 1.7
+    e = rng.standard_normal((n, 1))
+    r = cache.roots.shape[2]
+
+    def draw(z_effects, z_resid):
+        return sample_random_effects_general(e, grid[[index]], np.array([tau]), np.array([index]),
+                                             cache, z_effects.reshape(2, r, 1),
+                                             z_resid.reshape(n, 1), by_effect=True)
+
+    mean, cov = affine_draws(draw, [(2 * r,), (n,)])
+    # closed form in the rotated basis: u_r | e ~ N(h_r B_r V^-1 e, (h_r B_r d_rs - h_r B_r V^-1 B_s h_s) / tau)
+    v_inv = np.linalg.inv(dense_cov(blocks, h))
+    want_mean = np.concatenate([h[i] * blocks[i] @ v_inv @ e[:, 0] for i in range(2)])
+    want_cov = np.block([[(h[i] * blocks[i] * (i == j) - h[i] * blocks[i] @ v_inv @ blocks[j] * h[j]) / tau
+                          for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(mean, want_mean, atol=1e-10)
+    np.testing.assert_allclose(cov, want_cov, atol=1e-10)
+    for i in range(2):
+        if h[i] == 0:  # an effect at zero share is exactly zero
+            assert np.all(draw(rng.standard_normal(2 * r), rng.standard_normal(n))[i] == 0)
+    # the sum (what the chain keeps) is the sum of the effects
+    total = sample_random_effects_general(e, grid[[index]], np.array([tau]), np.array([index]), cache,
+                                          np.zeros((2, r, 1)), np.zeros((n, 1)))
+    np.testing.assert_allclose(total[:, 0], want_mean[:n] + want_mean[n:], atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def one_effect_pair():
+    """The same one-effect model built on the eigen path and through the general cache."""
+    sim = simulate_data(40, 8, 2, missing=0.2, seed=11, n_markers=200, n_new=3)
+    values = np.where(sim.observed, sim.Y, np.nan)
+    args = (sim.ids, sim.traits, values, sim.kinship, sim.X1, ["Intercept", "pop", "x"],
+            np.zeros((sim.n, 0)), 3, 10, DEFAULT_PRIORS)
+    return build_model(*args, max_groups=2), build_model(*args, max_groups=2, general_cache=True)
+
+
+def test_one_effect_general_cache_equals_eigen_path(one_effect_pair):
+    eigen, general = one_effect_pair
+    assert general.groups[0].cache is not None and eigen.groups[0].cache is None
+    rng = np.random.default_rng(3)
+    for ge, gg in zip(eigen.groups, general.groups):
+        n_g, c = ge.rows.size, ge.cols.size
+        resid = rng.standard_normal((n_g, c))
+        tau = rng.uniform(0.5, 2, size=c)
+        want = grid_loglik(resid ** 2, ge.weights, tau, eigen.resid_log_prior, ge.half_logdet)
+        got = general_loglik(resid, gg.cache, tau, general.resid_log_prior)
+        np.testing.assert_allclose(got, want, atol=1e-9)
+        # step 2 with the same random numbers: identical precisions and coefficients
+        x_rot = np.hstack([ge.x1_rot, rng.standard_normal((n_g, 3))])
+        b = x_rot.shape[1]
+        index = rng.integers(0, 10, size=c)
+        prior = np.hstack([np.zeros((c, ge.x1_rot.shape[1])), rng.uniform(0.5, 2, size=(c, 3))])
+        gam, noise = rng.gamma(3.0, size=c), rng.standard_normal((c, b))
+        coefs_e, coefs_g = np.zeros((c, b)), np.zeros((c, b))
+        gram, grid_of_col, xty, yty = grouped_normal_equations(x_rot, resid, ge.weights, index)
+        tau_e = sample_coefficients(gram, grid_of_col, xty, yty, prior, np.ones(c), gam, noise, coefs_e)
+        tau_g = draw_by_slice(gg.cache, x_rot, resid, index, prior, np.ones(c), gam, noise, coefs_g)
+        np.testing.assert_allclose(tau_g, tau_e, rtol=1e-9)
+        np.testing.assert_allclose(coefs_g, coefs_e, atol=1e-9)
+        # random effects: the same conditional mean and variance per coordinate
+        h = general.grid[index]
+        u_e = sample_random_effects(resid, ge.rot.values, h[:, 0], tau, np.zeros((n_g, c)))
+        u_g = sample_random_effects_general(resid, h, tau, index, gg.cache,
+                                            np.zeros((1, gg.cache.roots.shape[2], c)),
+                                            np.zeros((n_g, c)))
+        np.testing.assert_allclose(u_g, u_e, atol=1e-9)
+
+
+def test_one_effect_chains_agree_in_distribution(one_effect_pair):
+    """Both paths sample the same posterior: long-run means of h2 and precisions agree."""
+    means = []
+    for model in one_effect_pair:
+        state = initial_state(model, np.random.default_rng(1), np.random.default_rng(2))
+        h2, prec = [], []
+        for it in range(1500):
+            gibbs_iteration(model, state)
+            if it >= 300:
+                h2.append(model.grid_total[state.resid_h2_index])
+                prec.append(np.log(state.tot_eta_prec))
+        means.append((np.mean(h2), np.mean(prec)))
+    (h2_e, prec_e), (h2_g, prec_g) = means
+    assert abs(h2_e - h2_g) < 0.06
+    assert abs(prec_e - prec_g) < 0.1
+
+
+def test_two_effect_chain_runs_and_keeps_sum_of_effects():
+    sim = simulate_data(60, 6, 2, missing=0.2, seed=4, n_markers=200, n_new=4, n_blocks=6)
+    values = np.where(sim.observed, sim.Y, np.nan)
+    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks)]
+    model = build_model(sim.ids, sim.traits, values, kinships, sim.X1, ["Intercept", "pop", "x"],
+                        np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS, max_groups=2,
+                        effect_names=("id", "Block"))
+    assert model.grid.shape == (15, 2) and model.n_effects == 2
+    state = initial_state(model, np.random.default_rng(1), np.random.default_rng(2))
+    for _ in range(30):
+        gibbs_iteration(model, state)
+    assert np.all(np.isfinite(state.Lambda)) and np.all(state.tot_eta_prec > 0)
+    from megalmm_cli.posterior import draw, param_shape, random_effects
+    u_f, u_r = random_effects(model, state)
+    assert u_r.shape == (len(model.ids), model.t) and np.all(np.isfinite(u_r))
+    out = draw(model, state, ["resid_h2", "f_h2", "G", "h2"])
+    assert out["resid_h2"].shape == param_shape(model, "resid_h2") == (2, model.t)
+    assert out["f_h2"].shape == (2, model.k)
+    assert np.all(out["resid_h2"].sum(axis=0) < 1)
+
+
+def block_kinship_from_labels(labels):
+    z = (labels[:, None] == np.unique(labels)[None, :]).astype(float)
+    return z @ z.T
