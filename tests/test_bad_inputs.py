@@ -99,6 +99,25 @@ CASES = [
     ("tall_without_trait", lambda c, d: edit(c, "data.phenotypes", {"file": "pheno.csv", "layout": "tall"}),
      ["data.phenotypes"]),
     ("huge_memory", None, ["--max-memory"]),
+    # several random effects
+    ("grouping_column_absent", lambda c, d: (edit(c, "data.kinships", {"id": {"file": "K.csv"}, "Field": None}),
+                                             edit(c, "model.random", ["id", "Field"])),
+     ["model.random[1]", "'Field'", "neither the id column"]),
+    ("identity_over_individuals", lambda c, d: (edit(c, "data.kinships", {"id": {"file": "K.csv"}, "Line": None}),
+                                                edit(c, "data.phenotypes.id", "Line"),
+                                                write(d, "pheno.csv", (d / "pheno.csv").read_text().replace("id,", "Line,", 1)),
+                                                write(d, "K.csv", (d / "K.csv").read_text().replace("id,", "Line,", 1)),
+                                                edit(c, "model.random", ["id", "Line"])),
+     ["model.random[1]", "identity kinship over individuals"]),
+    ("level_absent_from_kinship", lambda c, d: (edit(c, "data.kinships", {"id": {"file": "K.csv"}, "Population": {"file": "KP.csv"}}),
+                                                write(d, "KP.csv", "Population,P1,P3\nP1,1,0.2\nP3,0.2,1\n"),
+                                                edit(c, "model.random", ["id", "Population"])),
+     ["KP.csv", "grouping column 'Population'", "P2"]),
+    ("phenotyped_without_level", lambda c, d: (edit(c, "data.kinships", {"id": {"file": "K.csv"}, "Population": None}),
+                                               edit(c, "model.fixed", "~ 1"),
+                                               edit(c, "model.random", ["id", "Population"]),
+                                               _replace_value(d, "L3", "Population", "NA")),
+     ["pheno.csv", "'L3'", "grouping column 'Population'"]),
 ]
 
 

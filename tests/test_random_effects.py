@@ -201,3 +201,110 @@ def test_two_effect_chain_runs_and_keeps_sum_of_effects():
 def block_kinship_from_labels(labels):
     z = (labels[:, None] == np.unique(labels)[None, :]).astype(float)
     return z @ z.T
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def two_effect_config(directory, chains=1):
+    """Simulate 50 individuals x 6 traits with a Block effect; short chains. Returns config."""
+    import yaml
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    made = CliRunner().invoke(main, ["simulate", str(directory), "--n", "50", "--t", "6", "--k", "2",
+                                     "--markers", "200", "--n-new", "4", "--blocks", "5"])
+    assert made.exit_code == 0, made.output
+    config = directory / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    assert raw["model"]["random"] == ["id", "Block"]
+    raw["model"]["h2_divisions"] = 6
+    raw["mcmc"] = {"burn_in": 10, "samples": 20, "thin": 2, "checkpoint_every": 10,
+                   "reorder_every": 5, "chains": chains}
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_two_effect_pipeline(tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    config = two_effect_config(tmp_path)
+    runner = CliRunner()
+    for command in ("prepare", "sample", "predict", "summarize"):
+        result = runner.invoke(main, [command, str(config)])
+        assert result.exit_code == 0, (command, result.output, result.stderr)
+        if command == "prepare":
+            assert "Grid-LMM cache: 2 random effects, 21 grid points in 6 slices" in result.output
+    run = tmp_path / "run"
+    assert (run / "grid_cache.h5").exists()
+    u = pd.read_csv(run / "predictions" / "U.csv", index_col=0)
+    assert u.shape == (50, 6) and np.isfinite(u.to_numpy()).all()
+    shares = pd.read_csv(run / "summary" / "h2_by_effect.csv")
+    assert list(shares.effect.unique()) == ["id", "Block"] and len(shares) == 12
+    assert ((shares.hpd_low <= shares.h2_mean) & (shares.h2_mean <= shares.hpd_high)).all()
+    # a second prepare does nothing
+    again = runner.invoke(main, ["prepare", str(config)])
+    assert "up to date" in again.output
+
+
+def test_interrupted_cache_build_resumes_where_it_stopped(tmp_path, monkeypatch):
+    import h5py
+
+    from megalmm_cli import gridcache
+    from megalmm_cli.config import load_config
+    from megalmm_cli.prepare import run_prepare
+
+    config = load_config(two_effect_config(tmp_path))
+    built = []
+    real = gridcache.slice_transform
+
+    def counting(blocks, rest):
+        if len(built) == 4:
+            raise KeyboardInterrupt  # killed while building the 5th slice
+        built.append(tuple(rest))
+        return real(blocks, rest)
+
+    monkeypatch.setattr(gridcache, "slice_transform", counting)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(config, echo=lambda *a: None)
+    run = tmp_path / "run"
+    assert not (run / "prepared.h5").exists()
+    with h5py.File(run / "grid_cache.h5", "r") as h5:
+        assert h5["factors/done"][()].sum() == 4
+    built.clear()
+    monkeypatch.setattr(gridcache, "slice_transform", real)
+    monkeypatch.setattr(gridcache, "slice_transform",
+                        lambda blocks, rest: (built.append(tuple(rest)), real(blocks, rest))[1])
+    run_prepare(config, echo=lambda *a: None)
+    with h5py.File(run / "grid_cache.h5", "r") as h5:
+        n_caches = len(h5)       # the factors' and one per missing-data group
+        resumed = h5["factors/transforms"][()]
+        assert all(h5[key].attrs["complete"] and h5[key]["done"][()].all() for key in h5)
+    assert n_caches > 1
+    assert len(built) == 6 * n_caches - 4  # only the slices not written before
+    assert [r[0] for r in built[:2]] == pytest.approx([4 / 6, 5 / 6])  # the factors' last two
+    built.clear()
+    run_prepare(config, force=True, echo=lambda *a: None)  # same inputs: every slice reused
+    assert built == []
+    (run / "grid_cache.h5").unlink()
+    run_prepare(config, force=True, echo=lambda *a: None)  # from scratch
+    with h5py.File(run / "grid_cache.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["factors/transforms"][()], resumed)
+
+
+def test_cache_size_refusal_names_the_keys(tmp_path):
+    from megalmm_cli.config import load_config
+    from megalmm_cli.errors import UserError
+    from megalmm_cli.prepare import cache_size, check_cache_size
+
+    config = load_config(two_effect_config(tmp_path))
+    size = cache_size(1000, [1000, 800], 2, 20)
+    assert size == (8 * (20 * 1000**2 + 2 * 1000**2 + 20 * 1001) + 20
+                    + 8 * (20 * 800**2 + 2 * 800**2 + 20 * 801) + 20)
+    with pytest.raises(UserError, match=r"needs 275\.54 MiB but the memory limit is 100\.00 MiB; "
+                                        r"lower model\.h2_divisions .* missing_data\.max_groups"):
+        check_cache_size(config, size, 100 * 2**20, tmp_path, [1000, 800], 2, lambda *a: None)
