@@ -308,3 +308,35 @@ def test_cache_size_refusal_names_the_keys(tmp_path):
     with pytest.raises(UserError, match=r"needs 275\.54 MiB but the memory limit is 100\.00 MiB; "
                                         r"lower model\.h2_divisions .* missing_data\.max_groups"):
         check_cache_size(config, size, 100 * 2**20, tmp_path, [1000, 800], 2, lambda *a: None)
+
+
+def test_two_effect_resume_is_bit_identical_with_cache_on_disk_or_in_memory(tmp_path):
+    import signal
+
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+    from megalmm_cli.config import load_config
+    from megalmm_cli.posterior import param_shape
+    from megalmm_cli.prepare import load_model
+    from megalmm_cli.storage import ChainFile, MemoryChain
+
+    from .test_chain import SAMPLES, assert_same_chain, run
+
+    path = two_effect_config(tmp_path)
+    assert CliRunner().invoke(main, ["prepare", str(path)]).exit_code == 0
+    config = load_config(path)
+    in_memory = load_model(config, cache_in_memory=True)
+    on_disk = load_model(config, cache_in_memory=False)
+    assert isinstance(in_memory.factor_cache.transforms, np.ndarray)
+    assert not isinstance(on_disk.factor_cache.transforms, np.ndarray)
+    whole = MemoryChain()
+    run(in_memory, whole)
+    pieces = ChainFile(tmp_path / "chain_1.h5")
+    pieces.create({"config_hash": "x"}, {name: param_shape(on_disk, name) for name in SAMPLES}, 4)
+    first = run(on_disk, pieces, stop_after=17)
+    assert first.interrupted_by == signal.SIGTERM
+    run(on_disk, pieces)
+    samples = {name: pieces.read_samples(name) for name in SAMPLES}
+    assert samples["resid_h2"].shape[1:] == (2, 6)
+    assert_same_chain(whole.samples, whole.load(), samples, pieces.load())
