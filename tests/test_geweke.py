@@ -72,12 +72,16 @@ PRIORS = Priors(
 )
 
 
-def make_model(seed: int = 20240, priors: Priors = PRIORS):
-    """The tiny model: a random full-rank kinship; the data (no NaN) are replaced later."""
+def make_model(seed: int = 20240, priors: Priors = PRIORS, two_effects: bool = False):
+    """The tiny model: a random full-rank kinship; the data (no NaN) are replaced later.
+    two_effects adds a second effect: 3 independent levels (Z Z'), through the Grid-LMM cache."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((N, 2 * N))
     kinship = a @ a.T / (2 * N)
     values = rng.standard_normal((N, T))
+    if two_effects:
+        z = np.eye(3)[np.arange(N) % 3]
+        kinship = [kinship, z @ z.T]
     ids = [f"i{i}" for i in range(N)]
     traits = [f"t{j}" for j in range(T)]
     return build_model(
@@ -113,6 +117,13 @@ def prior_draws(model, rng, m: int) -> dict:
     ], axis=1)
     lambda_prec = phi * np.cumprod(delta, axis=1)[:, :, None]
     lam = rng.standard_normal((m, K, T)) / np.sqrt(tot_eta_prec[:, None, :] * lambda_prec)
+    if model.n_effects > 1:
+        u_f_rot, f_h2 = effects_prior(model.factor_cache.roots, model.grid[f_h2_index], tot_f_prec, rng)
+        e_f = rng.standard_normal((m, N, K)) * np.sqrt((1.0 - f_h2) / tot_f_prec)[:, None, :]
+        u_r_rot, _ = effects_prior(model.groups[0].cache.roots, model.grid[resid_h2_index],
+                                   tot_eta_prec, rng)
+        f = q @ u_f_rot + e_f
+        return finish_prior_draw(model, rng, locals())
     # U_F[:, l] ~ N(0, f_h2_l / tot_f_prec_l K), drawn in the eigenbasis K = Q diag(s) Q'
     f_h2 = grid[f_h2_index]
     u_f_rot = (rng.standard_normal((m, N, K)) * np.sqrt(s)[None, :, None]
@@ -122,10 +133,27 @@ def prior_draws(model, rng, m: int) -> dict:
     resid_h2 = grid[resid_h2_index]
     u_r_rot = (rng.standard_normal((m, N, T)) * np.sqrt(s)[None, :, None]
                * np.sqrt(resid_h2 / tot_eta_prec)[:, None, :])
+    return finish_prior_draw(model, rng, locals())
+
+
+def effects_prior(roots, h, tot_prec, rng):
+    """Sum over effects of u_e ~ N(0, h_e B_e / tot_prec) in the rotated basis, for a batch:
+    roots (E, N, r); h (m, c, E); tot_prec (m, c). Returns ((m, N, c), total h (m, c))."""
+    m, c, n_eff = h.shape
+    total = np.zeros((m, N, c))
+    for e in range(n_eff):
+        z = rng.standard_normal((m, roots.shape[2], c)) * np.sqrt(h[:, :, e] / tot_prec)[:, None, :]
+        total += roots[e] @ z
+    return total, h.sum(axis=2)
+
+
+def finish_prior_draw(model, rng, v: dict) -> dict:
+    """The prior draw's dict (and its Y) from prior_draws' local variables."""
     draw = dict(
-        tot_eta_prec=tot_eta_prec, resid_h2_index=resid_h2_index, f_h2_index=f_h2_index,
-        tot_f_prec=tot_f_prec, lambda_phi=phi, delta=delta, lambda_prec=lambda_prec, Lambda=lam,
-        U_F_rot=u_f_rot, F=f, U_R_rot=u_r_rot,
+        tot_eta_prec=v["tot_eta_prec"], resid_h2_index=v["resid_h2_index"],
+        f_h2_index=v["f_h2_index"], tot_f_prec=v["tot_f_prec"], lambda_phi=v["phi"],
+        delta=v["delta"], lambda_prec=v["lambda_prec"], Lambda=v["lam"], U_F_rot=v["u_f_rot"],
+        F=v["f"], U_R_rot=v["u_r_rot"],
     )
     draw["Y"] = draw_y(model, draw, rng)
     return draw
@@ -134,7 +162,7 @@ def prior_draws(model, rng, m: int) -> dict:
 def draw_y(model, par: dict, rng) -> np.ndarray:
     """Y | theta = F Lambda + Q U_R* + N(0, (1 - resid_h2) / tot_eta_prec), batched or not."""
     q = model.groups[0].rot.vectors
-    resid_h2 = model.grid[par["resid_h2_index"], 0]
+    resid_h2 = model.grid_total[par["resid_h2_index"]]
     sd = np.sqrt((1.0 - resid_h2) / par["tot_eta_prec"])
     noise = rng.standard_normal(np.shape(par["F"])[:-1] + (T,)) * sd[..., None, :]
     return par["F"] @ par["Lambda"] + q @ par["U_R_rot"] + noise
@@ -182,7 +210,7 @@ def statistics(model, par: dict) -> tuple[list[str], np.ndarray]:
     Returns (names, (m, s)).
     """
     q = model.groups[0].rot.vectors
-    grid = model.grid[:, 0]
+    grid = model.grid_total
     tep, tfp = par["tot_eta_prec"], par["tot_f_prec"]
     rh2, fh2 = grid[par["resid_h2_index"]], grid[par["f_h2_index"]]
     lam, f, y = par["Lambda"], par["F"], par["Y"]
@@ -203,6 +231,12 @@ def statistics(model, par: dict) -> tuple[list[str], np.ndarray]:
 
     add("tot_eta_prec", tep)
     add("tot_eta_prec^2", tep ** 2)
+    if model.n_effects > 1:  # each effect's share, and the effects' product
+        share_r, share_f = model.grid[par["resid_h2_index"]], model.grid[par["f_h2_index"]]
+        for e in range(model.n_effects):
+            add(f"resid_h2_{e + 1}", share_r[..., e])
+            add(f"f_h2_{e + 1}", share_f[..., e])
+        add("resid_h2_1 resid_h2_2", share_r[..., 0] * share_r[..., 1])
     add("resid_h2", rh2)
     add("resid_h2^2", rh2 ** 2)
     add("f_h2", fh2)
@@ -357,3 +391,50 @@ def test_geweke_joint_distribution_default_ard_prior():
     z = geweke_z(mc, chain)
     print(f"\ndefault ARD prior: max |z| = {np.abs(z).max():.2f}\n{report(names, z, 10)}")
     assert np.max(np.abs(z)) < Z_MAX, report(names, z, 15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two random effects: the general (Grid-LMM cache) path of steps 2-5
+
+
+@pytest.fixture(scope="module")
+def two_effect_model():
+    return make_model(two_effects=True)
+
+
+@pytest.fixture(scope="module")
+def two_effect_mc(two_effect_model):
+    return marginal_conditional(two_effect_model, MC_DRAWS, seed=1)
+
+
+@pytest.mark.slow
+def test_geweke_joint_distribution_two_effects(two_effect_model, two_effect_mc):
+    names, mc = two_effect_mc
+    assert two_effect_model.groups[0].cache is not None and "resid_h2_2[0]" in names
+    with numba_threads(1):
+        _, chain = successive_conditional(two_effect_model, SC_ITERATIONS, SC_THIN, seed=2)
+    z = geweke_z(mc, chain)
+    print(f"\ntwo effects: {len(names)} statistics, max |z| = {np.abs(z).max():.2f}\n"
+          f"{report(names, z, 10)}")
+    assert np.all(np.isfinite(z))
+    assert np.max(np.abs(z)) < Z_MAX, report(names, z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_two_effects_negative_control(two_effect_model, two_effect_mc, monkeypatch):
+    """A grid log-likelihood without the log|A_s| term of each slice must be flagged."""
+    names, mc = two_effect_mc
+    from megalmm_cli.gibbs import variance
+
+    def wrong(resid, cache, tot_prec, log_prior):
+        out = variance.general_loglik(resid, cache, tot_prec, log_prior)
+        logdet_a = 2.0 * (0.5 * np.log(cache.weights).sum(axis=1) - cache.half_logdet)
+        return out + 0.5 * logdet_a[:, None]
+
+    monkeypatch.setattr(sampler_mod, "general_loglik", wrong)
+    with numba_threads(1):
+        _, chain = successive_conditional(two_effect_model, 3 * NEGATIVE_ITERATIONS, SC_THIN, seed=4)
+    z = geweke_z(mc, chain)
+    print(f"\ntwo effects, negative control: max |z| = {np.abs(z).max():.2f}\n{report(names, z, 10)}")
+    flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
+    assert any(name.startswith(("resid_h2", "f_h2")) for name in flagged), report(names, z, 15)
