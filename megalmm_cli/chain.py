@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import Model
-from .posterior import RunningMoments, draw, genetic_and_expected, model_u_cells, random_effects
+from .posterior import (RunningMoments, draw, genetic_and_expected, model_u_cells, random_effects,
+                        random_effects_by_effect)
 from .sampler import gibbs_iteration, reorder_factors
 from .state import State, initial_state
 from .storage import Checkpoint
@@ -152,6 +153,8 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                         if name == "U_F"})
         moments.update({name: RunningMoments.empty((model.n, model.k)) for name in mean_names
                         if name == "F"})
+        if model.n_effects > 1 and "U" in mean_names:  # genetic values of each effect
+            moments["U_by_effect"] = RunningMoments.empty((model.n_effects, len(model.ids), model.t))
         n_draws, elapsed = 0, 0.0
     else:
         state, moments = from_checkpoint(model, checkpoint)
@@ -196,7 +199,12 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
 def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
             u_cells=None) -> None:
     need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
-    effects = random_effects(model, state) if need_effects else None
+    by_effect = None
+    if need_effects and "U_by_effect" in moments:
+        by_effect = random_effects_by_effect(model, state)
+        effects = (by_effect[0].sum(axis=0), by_effect[1].sum(axis=0))
+    else:
+        effects = random_effects(model, state) if need_effects else None
     values = draw(model, state, [n for n in sample_names if n not in DERIVED_SAMPLES], effects)
     for name in sample_names:
         if name not in DERIVED_SAMPLES:
@@ -207,5 +215,8 @@ def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
     if u_cells is not None:
         slab["U_cells"].append(genetic[u_cells[0], u_cells[1]])
     extra = draw(model, state, [n for n in moments if n in ("F", "U_F", "U_R")], effects)
+    if by_effect is not None:  # U_e = U_F,e Lambda + U_R,e per effect, original units
+        u_f_by, u_r_by = by_effect
+        extra["U_by_effect"] = (u_f_by @ state.Lambda + u_r_by) * model.trait_sd
     for name, mom in moments.items():
         mom.add(genetic if name == "U" else expected if name == "eta_hat" else extra[name])

@@ -87,47 +87,54 @@ def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
     return u_f, u_r
 
 
-def _sum_of_effects(cache, rot_vectors, resid_rot, h, tot_prec, index, projections, n_all, rows,
-                    rng):
+def _each_effect(cache, rot_vectors, resid_rot, h, tot_prec, index, projections, n_all, rows,
+                 rng):
     """Several effects: draw each effect on `rows` given the residual (prediction Generator),
-    condition each on its own kinship to reach the other rows, and sum. Returns (N, c)."""
+    then condition each on its own kinship to reach the other rows. Returns (m, N, c)."""
     m, c = h.shape[1], resid_rot.shape[1]
     by_effect = sample_random_effects_general(
         resid_rot, h, tot_prec, index, cache, rng.standard_normal((m, cache.roots.shape[2], c)),
         rng.standard_normal(resid_rot.shape), by_effect=True)
-    out = np.zeros((n_all, c))
+    out = np.zeros((m, n_all, c))
     for e in range(m):
         raw = rot_vectors @ by_effect[e]
-        out[rows] += raw
+        out[e, rows] = raw
         proj = projections[e]
         if proj.other_rows.size:
             noise = proj.chol @ rng.standard_normal((proj.chol.shape[1], c))
             sd = np.sqrt(h[:, e] / tot_prec)
-            out[proj.other_rows] += proj.mean_map @ raw + noise * sd[None, :]
+            out[e, proj.other_rows] = proj.mean_map @ raw + noise * sd[None, :]
     return out
 
 
-def _random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
-    """random_effects() with several effects: a fresh draw of every effect from its full
-    conditional (the chain keeps only their sum), so each reported draw is a joint posterior
-    draw over training and other rows."""
+def random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
+    """Several effects: U_F (m, N, k) and U_R (m, N, t) of each effect for every individual.
+
+    A fresh draw of every effect from its full conditional (the chain keeps only their sum),
+    so each reported draw is a joint posterior draw over training and other rows.
+    """
     N, n = len(model.ids), model.n
     rng = state.pred_rng
     rot = model.factor_rot
     f_resid = rot.vectors.T @ (state.F - model.x2 @ state.B2F)
-    u_f = _sum_of_effects(model.factor_cache, rot.vectors, f_resid, model.grid[state.f_h2_index],
-                          state.tot_f_prec, state.f_h2_index, model.factor_effect_projections, N,
-                          np.arange(n), rng)
-    u_r = np.empty((N, model.t))
+    u_f = _each_effect(model.factor_cache, rot.vectors, f_resid, model.grid[state.f_h2_index],
+                       state.tot_f_prec, state.f_h2_index, model.factor_effect_projections, N,
+                       np.arange(n), rng)
+    u_r = np.empty((model.n_effects, N, model.t))
     for gi, g in enumerate(model.groups):
         cols = g.cols
         fitted = (model.x1[g.rows] @ state.B1[:, cols]) + state.F[g.rows] @ state.Lambda[:, cols]
         resid = g.rot.vectors.T @ (state.Y[gi] - fitted)
         index = state.resid_h2_index[cols]
-        u_r[:, cols] = _sum_of_effects(g.cache, g.rot.vectors, resid, model.grid[index],
+        u_r[:, :, cols] = _each_effect(g.cache, g.rot.vectors, resid, model.grid[index],
                                        state.tot_eta_prec[cols], index, g.effect_projections, N,
                                        g.rows, rng)
     return u_f, u_r
+
+
+def _random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
+    u_f, u_r = random_effects_by_effect(model, state)
+    return u_f.sum(axis=0), u_r.sum(axis=0)
 
 
 def genetic_and_expected(model: Model, state: State, u_f, u_r) -> tuple[np.ndarray, np.ndarray]:

@@ -108,6 +108,14 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) ->
         expected = None
     echo(f"wrote {out / 'U.csv'}, U_sd.csv" + (", eta_hat.csv" if expected is not None else "")
          + f" ({len(ids)} individuals x {len(traits)} traits, {genetic.count} draws)")
+    names = effect_names(config)
+    if len(names) > 1:
+        by_effect = pooled_moments(config, "U_by_effect")
+        for e, name in enumerate(names):
+            write_matrix(out / f"U_{name}.csv", ids, traits, by_effect.mean[e])
+            write_matrix(out / f"U_{name}_sd.csv", ids, traits, by_effect.sd()[e])
+        echo(f"wrote the genetic values of each random effect: "
+             + ", ".join(f"U_{name}.csv" for name in names) + " (and their _sd.csv); they sum to U")
     if rows.size:
         table = test_accuracy(values, predictions, rows, cols, traits)
         table.to_csv(out / "test_accuracy.csv", index=False, float_format="%.4f")
@@ -117,6 +125,18 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) ->
     if new_kinship is not None:
         predict_new(config, new_kinship, genetic.mean, out, echo=echo)
     return out
+
+
+def effect_names(config: Config) -> list:
+    """Grouping columns of the random effects, as prepared.h5 records them."""
+    import h5py
+
+    from .prepare import prepared_path
+
+    with h5py.File(prepared_path(config), "r") as f:
+        if "effect_names" not in f:
+            return ["id"]
+        return [s.decode() if isinstance(s, bytes) else s for s in f["effect_names"][()]]
 
 
 # ----------------------------------------------------------------------------- new individuals

@@ -243,6 +243,20 @@ def test_two_effect_pipeline(tmp_path):
     assert (run / "grid_cache.h5").exists()
     u = pd.read_csv(run / "predictions" / "U.csv", index_col=0)
     assert u.shape == (50, 6) and np.isfinite(u.to_numpy()).all()
+    # each effect's genetic values, which sum to U draw by draw
+    u_id = pd.read_csv(run / "predictions" / "U_id.csv", index_col=0)
+    u_block = pd.read_csv(run / "predictions" / "U_Block.csv", index_col=0)
+    np.testing.assert_allclose(u_id.to_numpy() + u_block.to_numpy(), u.to_numpy(), rtol=1e-4, atol=1e-5)
+    blocks = pd.read_csv(tmp_path / "phenotypes.csv", index_col=0)["Block"]
+    block_sd = pd.read_csv(run / "predictions" / "U_Block_sd.csv", index_col=0)
+    assert (block_sd.loc[blocks.index].to_numpy() > 0).all()
+    # the individuals to predict have no Block value: that effect adds nothing to them
+    new = u_block.index.difference(blocks.index)
+    assert len(new) == 4 and (u_block.loc[new].to_numpy() == 0).all()
+    # Z maps rows to levels: every row of a block has that block's value
+    b = u_block.loc[blocks.index].groupby(blocks.to_numpy())
+    assert b.std().to_numpy().max() < 1e-5 * np.abs(u_block.to_numpy()).max()
+    assert b.mean().std().to_numpy().min() > 0
     shares = pd.read_csv(run / "summary" / "h2_by_effect.csv")
     assert list(shares.effect.unique()) == ["id", "Block"] and len(shares) == 12
     assert ((shares.hpd_low <= shares.h2_mean) & (shares.h2_mean <= shares.hpd_high)).all()
