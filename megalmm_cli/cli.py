@@ -200,6 +200,9 @@ def cv_split(config, n_folds, group_column, outdir, seed, verbose):
 def prepare(config, force, max_memory, progress, verbose):
     """Check the data and build prepared.h5 (design, missing-data groups, rotations).
 
+    With several random effects (model.random) it also builds the Grid-LMM cache,
+    grid_cache.h5, after printing its size (refused when over --max-memory or the free
+    disk); an interrupted prepare resumes the cache where it stopped.
     Re-running with an unchanged config does nothing; --force rebuilds.
 
     \b
@@ -380,8 +383,10 @@ def predict(config, verbose, new_kinship, test_file):
 
     Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
     including individuals with no phenotype), and test_accuracy.csv when the config names
-    test cells. With --new-kinship, also U_new.csv (and eta_hat_new.csv when B1 draws
-    and covariates allow) for individuals that were not in the model.
+    test cells. With several random effects also U_<effect>.csv and U_<effect>_sd.csv, the
+    part of U from each effect (they sum to U.csv). With --new-kinship (one random effect),
+    also U_new.csv (and eta_hat_new.csv when B1 draws and covariates allow) for individuals
+    that were not in the model.
 
     \b
     Example:
@@ -405,7 +410,8 @@ def summarize(config, verbose):
 
     Output under <output_dir>/summary/: G.csv, R.csv (posterior means) with G_hpd_low/high.csv
     and R_hpd_low/high.csv (95% HPD), h2.csv (mean and HPD), diagnostics.csv (rank-normalised
-    split R-hat, bulk and tail ESS across chains), report.md, and plots/*.png.
+    split R-hat, bulk and tail ESS across chains), report.md, and plots/*.png. With several
+    random effects also h2_by_effect.csv (each effect's share of each trait's variance).
 
     \b
     Example:
