@@ -245,10 +245,21 @@ def is_up_to_date(config: Config) -> bool:
         return False
     try:
         with h5py.File(path, "r") as f:
-            return (f.attrs.get("format_version") == FORMAT_VERSION
-                    and f.attrs.get("config_hash") == prepare_hash(config))
+            current = (f.attrs.get("format_version") == FORMAT_VERSION
+                       and f.attrs.get("config_hash") == prepare_hash(config))
+            several = int(f.attrs.get("n_effects", 1)) > 1
+        return current and (not several or cache_is_complete(path.parent / CACHE_NAME, config))
     except OSError:
         return False
+
+
+def cache_is_complete(path: Path, config: Config) -> bool:
+    """grid_cache.h5 exists, comes from this config and every group in it is complete."""
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as h5:
+        return (h5.attrs.get("config_hash") == prepare_hash(config) and len(h5) > 0
+                and all(h5[key].attrs.get("complete", False) for key in h5))
 
 
 def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str) -> None:

@@ -354,3 +354,21 @@ def test_two_effect_resume_is_bit_identical_with_cache_on_disk_or_in_memory(tmp_
     samples = {name: pieces.read_samples(name) for name in SAMPLES}
     assert samples["resid_h2"].shape[1:] == (2, 6)
     assert_same_chain(whole.samples, whole.load(), samples, pieces.load())
+
+
+def test_missing_cache_makes_prepare_rebuild_it(tmp_path):
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+    from megalmm_cli.config import load_config
+    from megalmm_cli.prepare import is_up_to_date
+
+    path = two_effect_config(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["prepare", str(path)]).exit_code == 0
+    config = load_config(path)
+    assert is_up_to_date(config)
+    (tmp_path / "run" / "grid_cache.h5").unlink()
+    assert not is_up_to_date(config)
+    again = runner.invoke(main, ["prepare", str(path)])
+    assert again.exit_code == 0 and "Grid-LMM cache" in again.output and is_up_to_date(config)
