@@ -29,6 +29,7 @@ class ReportInfo:
     g_low: np.ndarray | None = None
     g_high: np.ndarray | None = None
     links: dict = field(default_factory=dict)  # label -> path relative to the report
+    h2_by_effect: pd.DataFrame | None = None  # trait, effect, h2_mean, hpd_low, hpd_high (m > 1)
 
 
 def verdict(worst_rhat: float, min_ess: float) -> tuple[str, str]:
@@ -150,6 +151,22 @@ def _h2_section(info: ReportInfo) -> list:
     return lines
 
 
+def _effects_section(info: ReportInfo) -> list:
+    """Several random effects: each effect's share of the traits' variance."""
+    shares = info.h2_by_effect
+    if shares is None or not len(shares):
+        return []
+    lines = ["## Random effects", "",
+             ("Share of each trait's variance from each random effect (posterior means; "
+              "h2 above is their sum):"), ""]
+    rows = []
+    for effect, part in shares.groupby("effect", sort=False):
+        v = part.h2_mean
+        rows.append((effect, f"{v.median():.3f}", f"{v.min():.3f} ({part.trait.iloc[int(np.argmin(v))]})",
+                     f"{v.max():.3f} ({part.trait.iloc[int(np.argmax(v))]})"))
+    return lines + _table(["effect", "median share", "lowest", "highest"], rows) + [""]
+
+
 def _genetic_section(info: ReportInfo) -> list:
     lines = ["## Genetic covariance (G)", ""]
     t = len(info.traits)
@@ -188,7 +205,7 @@ def _links_section(info: ReportInfo) -> list:
 def render_report(info: ReportInfo) -> str:
     lines = [f"# megalmm report: {info.run_name}", ""]
     for section in (_data_section, _settings_section, _timing_section, _convergence_section,
-                    _h2_section, _genetic_section, _links_section):
+                    _h2_section, _effects_section, _genetic_section, _links_section):
         lines += section(info)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -234,7 +251,7 @@ def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6
 
 
 def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, names, series,
-                           g_low=None, g_high=None) -> Path:
+                           g_low=None, g_high=None, h2_by_effect=None) -> Path:
     """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
     from . import plots
     from .prepare import prepared_path
@@ -253,6 +270,7 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
                   "seed": config.run.seed},
         chains=chain_facts(chain_paths(config)), diagnostics=diag, h2=h2_table,
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
+        h2_by_effect=h2_by_effect,
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
                "h2 per trait (h2.csv)": "h2.csv", "G 95% HPD lower (G_hpd_low.csv)": "G_hpd_low.csv",
                "G 95% HPD upper (G_hpd_high.csv)": "G_hpd_high.csv",
@@ -261,5 +279,7 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
                "Convergence diagnostics (diagnostics.csv)": "diagnostics.csv",
                "Trace plots of the worst-mixing parameters": "plots/trace_worst.png",
                "Genetic correlation heatmap": "plots/genetic_correlation.png",
-               "h2 per trait": "plots/h2.png"})
+               "h2 per trait": "plots/h2.png",
+               **({"Share of each random effect (h2_by_effect.csv)": "h2_by_effect.csv"}
+                  if h2_by_effect is not None else {})})
     return write_report(out / "report.md", info)

@@ -222,15 +222,16 @@ def run_summarize(config: Config, echo=print) -> Path:
     table.to_csv(out / "h2.csv", index=False, float_format="%.4f")
     echo(f"wrote {out}/G.csv, R.csv, h2.csv from {n_draws} draws "
          f"(median h2 {np.median(table.h2_mean):.3f})")
+    shares_table = None
     if by_effect:
         shares = h2_by_effect(draws["Lambda"], by_effect["f_h2"], by_effect["resid_h2"],
                               draws["tot_eta_prec"])
         low, high = hpd_interval(shares)
         m = shares.shape[1]
-        pd.DataFrame({"trait": np.tile(traits, m), "effect": np.repeat(effect_names, t),
-                      "h2_mean": shares.mean(axis=0).ravel(), "hpd_low": low.ravel(),
-                      "hpd_high": high.ravel()}).to_csv(out / "h2_by_effect.csv", index=False,
-                                                        float_format="%.4f")
+        shares_table = pd.DataFrame({
+            "trait": np.tile(traits, m), "effect": np.repeat(effect_names, t),
+            "h2_mean": shares.mean(axis=0).ravel(), "hpd_low": low.ravel(), "hpd_high": high.ravel()})
+        shares_table.to_csv(out / "h2_by_effect.csv", index=False, float_format="%.4f")
         echo(f"wrote {out}/h2_by_effect.csv (shares of {', '.join(effect_names)})")
 
     g_low, g_high = g_hpd(draws)
@@ -271,6 +272,6 @@ def run_summarize(config: Config, echo=print) -> Path:
     from .report import write_plots_and_report
 
     report = write_plots_and_report(config, out, traits, genetic, table, diag, names, series,
-                                    g_low, g_high)
+                                    g_low, g_high, h2_by_effect=shares_table)
     echo(f"wrote {out}/plots/ and the report: {report}")
     return out
