@@ -216,10 +216,10 @@ def prepare(config, force, max_memory, progress, verbose):
         limit = _parse_size(max_memory) if max_memory else None
         bar = _bar(progress, "prepare: groups", unit="group")
         try:
-            run_prepare(cfg, force=force, max_memory=limit, progress=bar.update_to if bar else None,
+            run_prepare(cfg, force=force, max_memory=limit, progress=bar.update_to if bar is not None else None,
                         echo=_echo)
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
 
     _run(action, verbose)
@@ -352,10 +352,10 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
         try:
             result = run_chain(model, storage, plan, names, cfg.posterior.means,
                                cfg.run.seed, number,
-                               progress=(lambda i: bar.update_to(done + i)) if bar else None,
+                               progress=(lambda i: bar.update_to(done + i)) if bar is not None else None,
                                stop=stop)
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
     rest = max(1, result.iterations_done - 1)
     per_iter = (result.seconds - result.first_seconds) / rest if result.iterations_done > 1 else result.seconds

@@ -282,8 +282,14 @@ def _check_unique_ids(ids: Sequence[str], source: str, hint: str = "keep one row
         raise UserError(f"{source}: {len(repeated)} duplicated ids (first: {_first(repeated)}); {hint}")
 
 
-def _covariate_column(series: pd.Series) -> pd.Series:
-    """Numbers as float64; anything else as stripped str objects (NaN = missing)."""
+def _covariate_column(series: pd.Series, as_text: bool = False,
+                      missing: Sequence[str] = DEFAULT_MISSING) -> pd.Series:
+    """Numbers as float64; anything else (or everything, as_text: a column read as raw text,
+    where `missing` strings become NaN) as stripped str objects (NaN = missing)."""
+    if as_text:
+        text = _as_text(series)
+        text = text.where(text.isna(), text.astype(str).str.strip())
+        return text.where(~text.isin(list(missing))).astype(object)
     if _is_number_dtype(series):
         return series.astype(np.float64)
     text = _as_text(series)
@@ -296,26 +302,30 @@ def _covariate_column(series: pd.Series) -> pd.Series:
 # ----------------------------------------------------------------------------- phenotypes
 
 
-def load_phenotypes(cfg, extra_covariate_columns: Sequence[str] = ()) -> Phenotypes:
+def load_phenotypes(cfg, extra_covariate_columns: Sequence[str] = (),
+                    text_columns: Sequence[str] = ()) -> Phenotypes:
     """Read the phenotype file (cfg: PhenotypesConfig, layout 'wide' or 'tall').
 
     Returns Phenotypes with values (n, t). extra_covariate_columns: columns (e.g. used by the
     model formula) that are not traits in a wide file; those present become covariates.
+    text_columns: covariates kept as text even when they look numeric (grouping columns, whose
+    level names must match a kinship's ids exactly: "007" stays "007").
     """
     missing = tuple(cfg.missing_values)
     if cfg.layout == "tall":
-        pheno = _load_tall(cfg, missing)
+        pheno = _load_tall(cfg, missing, text_columns)
     elif cfg.layout == "wide":
-        pheno = _load_wide(cfg, missing, extra_covariate_columns)
+        pheno = _load_wide(cfg, missing, extra_covariate_columns, text_columns)
     else:
         raise UserError(f"{Path(cfg.file).name}: unknown layout '{cfg.layout}'; use 'wide' or 'tall'")
     _check_traits(pheno)
     return pheno
 
 
-def _load_wide(cfg, missing: Sequence[str], extra_covariate_columns: Sequence[str]) -> Phenotypes:
+def _load_wide(cfg, missing: Sequence[str], extra_covariate_columns: Sequence[str],
+               text_columns: Sequence[str] = ()) -> Phenotypes:
     """One row per id; trait columns = cfg.traits or every non-id, non-covariate column."""
-    table = _read_table(cfg.file, cfg.id, missing_values=missing)
+    table = _read_table(cfg.file, cfg.id, text_columns=text_columns, missing_values=missing)
     columns = list(table.frame.columns)
     for column in cfg.covariate_columns:
         if column not in columns:
@@ -344,15 +354,17 @@ def _load_wide(cfg, missing: Sequence[str], extra_covariate_columns: Sequence[st
     values = _numeric_matrix(table, traits)
     _check_finite_values(table, values, traits)
     covariates = pd.DataFrame(
-        {c: _covariate_column(table.frame[c]).to_numpy() for c in covariate_columns},
+        {c: _covariate_column(table.frame[c], c in text_columns, missing).to_numpy()
+         for c in covariate_columns},
         index=pd.Index(ids, name=table.id_column),
     )
     return Phenotypes(tuple(ids), tuple(traits), values, covariates, table.source)
 
 
-def _load_tall(cfg, missing: Sequence[str]) -> Phenotypes:
+def _load_tall(cfg, missing: Sequence[str], text_columns: Sequence[str] = ()) -> Phenotypes:
     """One row per (id, trait) observation; other columns are per-id covariates."""
-    table = _read_table(cfg.file, cfg.id, text_columns=[cfg.trait], missing_values=missing)
+    table = _read_table(cfg.file, cfg.id, text_columns=[cfg.trait, *text_columns],
+                        missing_values=missing)
     frame, source = table.frame, table.source
     for key, column in (("trait", cfg.trait), ("value", cfg.value)):
         if column not in frame.columns:
@@ -390,13 +402,16 @@ def _load_tall(cfg, missing: Sequence[str]) -> Phenotypes:
     values[rows, cols] = observed
 
     covariate_columns = [c for c in frame.columns if c not in (id_column, cfg.trait, cfg.value)]
-    covariates = _tall_covariates(table, covariate_columns, ids)
+    covariates = _tall_covariates(table, covariate_columns, ids, text_columns, missing)
     return Phenotypes(tuple(ids), tuple(traits), values, covariates, source)
 
 
-def _tall_covariates(table: _Table, columns: Sequence[str], ids: Sequence[str]) -> pd.DataFrame:
+def _tall_covariates(table: _Table, columns: Sequence[str], ids: Sequence[str],
+                     text_columns: Sequence[str] = (),
+                     missing: Sequence[str] = DEFAULT_MISSING) -> pd.DataFrame:
     """(n, len(columns)) covariates of a tall file: one value per id (must be constant within id)."""
-    frame = pd.DataFrame({c: _covariate_column(table.frame[c]) for c in columns}, index=table.frame.index)
+    frame = pd.DataFrame({c: _covariate_column(table.frame[c], c in text_columns, missing)
+                          for c in columns}, index=table.frame.index)
     frame.insert(0, "__id__", table.frame[table.id_column].to_numpy())
     for column in columns:
         counts = frame.groupby("__id__", sort=False)[column].nunique(dropna=False)
@@ -438,17 +453,18 @@ def _check_traits(pheno: Phenotypes) -> None:
 # ----------------------------------------------------------------------------- covariates
 
 
-def load_covariates(cfg) -> pd.DataFrame:
+def load_covariates(cfg, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Covariate file (cfg: CovariatesConfig) -> DataFrame (n, k) indexed by id (str).
 
-    Numeric columns become float64, other columns stripped str objects; NaN = missing.
+    Numeric columns become float64, other columns (and text_columns) stripped str objects;
+    NaN = missing.
     """
-    table = _read_table(cfg.file, cfg.id)
+    table = _read_table(cfg.file, cfg.id, text_columns=text_columns)
     ids = _ids(table)
     _check_unique_ids(ids, table.source)
     columns = [c for c in table.frame.columns if c != table.id_column]
     return pd.DataFrame(
-        {c: _covariate_column(table.frame[c]).to_numpy() for c in columns},
+        {c: _covariate_column(table.frame[c], c in text_columns).to_numpy() for c in columns},
         index=pd.Index(ids, name=table.id_column),
     )
 

@@ -85,9 +85,11 @@ def load_inputs(config: Config) -> Inputs:
     id_column = data.phenotypes.id
     effects = config.model.random
     covariate_vars = formula_variables(config.model.fixed) + formula_variables(config.model.factor_fixed)
-    pheno = load_phenotypes(data.phenotypes, extra_covariate_columns=covariate_vars + [
-        name for name in effects if name != id_column])
-    extra = load_covariates(data.covariates) if data.covariates is not None else None
+    grouping = [name for name in effects if name != id_column]
+    pheno = load_phenotypes(data.phenotypes, extra_covariate_columns=covariate_vars + grouping,
+                            text_columns=grouping)
+    extra = (load_covariates(data.covariates, text_columns=grouping)
+             if data.covariates is not None else None)
     columns = set(pheno.covariates.columns) | (set(extra.columns) if extra is not None else set())
     loaded = [load_kinship(next(k for k in data.kinships if k.name == name), data.psd_tolerance)
               for name in effects]

@@ -374,3 +374,40 @@ def test_missing_cache_makes_prepare_rebuild_it(tmp_path):
     assert not is_up_to_date(config)
     again = runner.invoke(main, ["prepare", str(path)])
     assert again.exit_code == 0 and "Grid-LMM cache" in again.output and is_up_to_date(config)
+
+
+def test_numeric_level_names_match_a_level_kinship_exactly(tmp_path):
+    """Levels '01', '2', '10' stay text (not 1.0, 2.0, 10.0): Z K Z' from a file keyed by them."""
+    import yaml
+
+    from megalmm_cli.config import load_config
+    from megalmm_cli.prepare import load_inputs
+
+    rng = np.random.default_rng(1)
+    ids = [f"P{i}" for i in range(12)]
+    fields = ["01", "2", "10"]
+    field_of = [fields[i % 3] for i in range(12)]
+    rows = ["id,Field,a,b"] + [f"{i},{f},{rng.normal():.4f},{rng.normal():.4f}"
+                               for i, f in zip(ids, field_of)]
+    (tmp_path / "y.csv").write_text("\n".join(rows) + "\n")
+    k_ids = np.array(ids)
+    a = rng.standard_normal((12, 30))
+    k = a @ a.T / 30
+    (tmp_path / "K.csv").write_text("\n".join(["id," + ",".join(ids)] + [
+        f"{i}," + ",".join(f"{v:.6f}" for v in row) for i, row in zip(k_ids, k)]) + "\n")
+    level_k = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    # the level file lists an extra level and a different order: both are fine
+    order = ["10", "99", "01", "2"]
+    full = {("01", "01"): 1.0, ("2", "2"): 1.0, ("10", "10"): 1.0, ("01", "2"): 0.3,
+            ("01", "10"): 0.1, ("2", "10"): 0.2}
+    value = lambda p, q: 1.0 if p == q else full.get((p, q), full.get((q, p), 0.0))
+    (tmp_path / "KF.csv").write_text("\n".join(["Field," + ",".join(order)] + [
+        f"{p}," + ",".join(str(value(p, q)) for q in order) for p in order]) + "\n")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "data": {"phenotypes": {"file": "y.csv", "id": "id", "covariate_columns": ["Field"]},
+                 "kinships": {"id": {"file": "K.csv"}, "Field": {"file": "KF.csv"}}},
+        "model": {"random": ["id", "Field"], "factors": 1}}))
+    inputs = load_inputs(load_config(tmp_path / "run.yaml"))
+    assert inputs.effect_names == ("id", "Field")
+    index = [fields.index(f) for f in field_of]
+    np.testing.assert_allclose(inputs.kinships[1], level_k[np.ix_(index, index)])
