@@ -63,9 +63,10 @@ class SliceStore:
         return float(self.group["logdet_a"][s])
 
     def finish(self, s: int, lam: np.ndarray, logdet: float) -> None:
-        """Slice s is written: record lam and log|A_s|, then the flag, then flush."""
+        """Slice s is written: its data reach the file first, then its flag."""
         self.group["lam"][s] = lam
         self.group["logdet_a"][s] = logdet
+        self.group.file.flush()
         self._done[s] = True
         self.group.file.flush()
 
@@ -78,20 +79,45 @@ class SliceStore:
 
 
 def open_for_writing(path: Path, config_hash: str) -> h5py.File:
-    """grid_cache.h5 opened to add slices: kept (resume) when from the same config."""
+    """grid_cache.h5 opened to add slices: kept (resume) when from the same config.
+
+    Its stamp is cleared first, so that until prepare writes a prepared.h5 with a new stamp
+    and stamps the cache to match (set_stamp), no prepared.h5 takes it for its own: a
+    prepare killed half-way through rebuilding some groups never leaves a mixed cache that
+    looks complete.
+    """
+    h5 = None
     if path.exists():
         try:
             h5 = h5py.File(path, "a")
-            if (h5.attrs.get("config_hash") == config_hash
-                    and h5.attrs.get("format_version") == FORMAT_VERSION):
-                return h5
-            h5.close()
+            if (h5.attrs.get("config_hash") != config_hash
+                    or h5.attrs.get("format_version") != FORMAT_VERSION):
+                h5.close()
+                h5 = None
         except OSError:
-            pass
-        path.unlink()
-    h5 = h5py.File(path, "w")
-    h5.attrs.update({"config_hash": config_hash, "format_version": FORMAT_VERSION})
+            h5 = None
+        if h5 is None:
+            path.unlink()
+    if h5 is None:
+        h5 = h5py.File(path, "w")
+        h5.attrs.update({"config_hash": config_hash, "format_version": FORMAT_VERSION})
+    h5.attrs["stamp"] = ""
+    h5.flush()
     return h5
+
+
+def read_stamp(path: Path) -> str:
+    """The stamp of grid_cache.h5 ("" while a prepare is building it or when unreadable)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return str(h5.attrs.get("stamp", ""))
+    except (OSError, FileNotFoundError):
+        return ""
+
+
+def set_stamp(path: Path, stamp: str) -> None:
+    with h5py.File(path, "a") as h5:
+        h5.attrs["stamp"] = stamp
 
 
 def read_cache(path: Path, key: str, grid: np.ndarray, in_memory: bool) -> GridCache:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from .config import Config, config_to_dict
 from .data import align_individuals, load_covariates, load_kinship, load_phenotypes, load_test_cells
 from .design import fixed_design, formula_variables, level_kinship, missing_data_groups
 from .errors import UserError
-from .cachefile import CACHE_NAME, SliceStore, fingerprint, open_for_writing, read_cache
+from .cachefile import (CACHE_NAME, SliceStore, fingerprint, open_for_writing, read_cache,
+                        read_stamp, set_stamp)
 from .gridcache import build_cache, cache_bytes, grid_point_count, grid_slices
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
@@ -256,23 +258,28 @@ def is_up_to_date(config: Config) -> bool:
 
 
 def cache_is_complete(path: Path, config: Config) -> bool:
-    """grid_cache.h5 exists, comes from this config and every group in it is complete."""
+    """grid_cache.h5 is the one prepared.h5 was written with (same stamp), from this config."""
     if not path.exists():
         return False
     with h5py.File(path, "r") as h5:
-        return (h5.attrs.get("config_hash") == prepare_hash(config) and len(h5) > 0
-                and all(h5[key].attrs.get("complete", False) for key in h5))
+        if h5.attrs.get("config_hash") != prepare_hash(config):
+            return False
+    stamp = read_stamp(path)
+    with h5py.File(path.parent / PREPARED_NAME, "r") as f:
+        return bool(stamp) and f.attrs.get("cache_stamp") == stamp
 
 
-def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str) -> None:
-    """Write prepared.h5 atomically (temporary file, then rename)."""
+def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str,
+                   cache_stamp: str = "") -> None:
+    """Write prepared.h5 atomically (temporary file, then rename). cache_stamp: the stamp
+    that grid_cache.h5 gets once prepared.h5 is in place (several random effects)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
                         "config_hash": config_hash, "n_train": model.n_train,
-                        "n_effects": model.n_effects})
+                        "n_effects": model.n_effects, "cache_stamp": cache_stamp})
         f.create_dataset("effect_names", data=np.array(model.effect_names, dtype=object), dtype=str_dt)
         _write_effect_projections(f, "factor_effect_projections", model.factor_effect_projections)
         f.create_dataset("ids", data=np.array(model.ids, dtype=object), dtype=str_dt)
@@ -360,6 +367,9 @@ def load_model(config: Config, cache_in_memory: bool | None = None) -> Model:
         n_effects = int(f.attrs.get("n_effects", 1))
         grid = h2_grid(n_effects, divisions)
         cache_path = path.parent / CACHE_NAME
+        if n_effects > 1 and read_stamp(cache_path) != f.attrs.get("cache_stamp"):
+            raise UserError(f"{cache_path}: is missing, incomplete or from another prepare; run "
+                            f"`megalmm prepare {config.path}` (it reuses every finished slice)")
         if n_effects > 1 and cache_in_memory is None:
             size = cache_path.stat().st_size if cache_path.exists() else 0
             cache_in_memory = size < available_memory() // 2
@@ -472,7 +482,13 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     finally:
         if cache_file is not None:
             cache_file.close()
-    write_prepared(path, model, inputs, prepare_hash(config))
+    stale_cache = path.parent / CACHE_NAME
+    if n_effects == 1 and stale_cache.exists():  # left by an earlier config with several effects
+        stale_cache.unlink()
+    stamp = uuid.uuid4().hex if n_effects > 1 else ""
+    write_prepared(path, model, inputs, prepare_hash(config), stamp)
+    if n_effects > 1:  # the cache now belongs to this prepared.h5
+        set_stamp(path.parent / CACHE_NAME, stamp)
     imputed = sum(int(g.miss_rows.size) for g in model.groups)
     echo(f"wrote {path}: {len(model.groups)} missing-data group(s), {imputed} imputed cells, "
          f"{model.n_train} training rows, fixed effects: {', '.join(model.x1_names)}")

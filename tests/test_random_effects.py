@@ -411,3 +411,39 @@ def test_numeric_level_names_match_a_level_kinship_exactly(tmp_path):
     assert inputs.effect_names == ("id", "Field")
     index = [fields.index(f) for f in field_of]
     np.testing.assert_allclose(inputs.kinships[1], level_k[np.ix_(index, index)])
+
+
+def test_prepare_killed_while_rebuilding_a_changed_cache_is_not_up_to_date(tmp_path, monkeypatch):
+    """Data change, then prepare --force killed after the factors' cache: some groups new, some
+    old. Nothing may take that mixed cache for complete; the next prepare finishes it."""
+    from click.testing import CliRunner
+
+    from megalmm_cli import gridcache
+    from megalmm_cli.cli import main
+    from megalmm_cli.config import load_config
+    from megalmm_cli.prepare import is_up_to_date, load_model, run_prepare
+
+    path = two_effect_config(tmp_path)
+    assert CliRunner().invoke(main, ["prepare", str(path)]).exit_code == 0
+    pheno = tmp_path / "phenotypes.csv"
+    pheno.write_text("".join(pheno.read_text().splitlines(keepends=True)[:-1]))  # drop a row
+    config = load_config(path)
+    real, built = gridcache.slice_transform, []
+
+    def killed_after_factors(blocks, rest):
+        if len(built) == 6:
+            raise KeyboardInterrupt
+        built.append(1)
+        return real(blocks, rest)
+
+    monkeypatch.setattr(gridcache, "slice_transform", killed_after_factors)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(config, force=True, echo=lambda *a: None)
+    monkeypatch.setattr(gridcache, "slice_transform", real)
+    assert not is_up_to_date(config)
+    with pytest.raises(Exception, match="run `megalmm prepare"):
+        load_model(config)
+    result = CliRunner().invoke(main, ["sample", str(path)])  # prepares first, then samples
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert "running prepare first" in result.output and is_up_to_date(config)
+    assert load_model(config).n == 45
