@@ -157,11 +157,17 @@ def standardise(values: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray
     return (values - mean) / sd, mean, sd
 
 
-def effect_projection(kinship, rows: np.ndarray, other_rows: np.ndarray) -> Projection:
-    """Conditioning map of one effect from raw (unrotated) values on rows to other_rows."""
-    rot = rotation(kinship, rows)
+def effect_projection(kinship, rows: np.ndarray, other_rows: np.ndarray, rot=None) -> Projection:
+    """Conditioning map of one effect from raw (unrotated) values on rows to other_rows.
+    rot: the kinship's rotation on rows when already computed."""
+    rot = rotation(kinship, rows) if rot is None else rot
     proj = projection(kinship, rot, other_rows)
     return Projection(proj.other_rows, proj.mean_map @ rot.vectors.T, proj.chol)
+
+
+def unused(other_rows: np.ndarray, rot: Rotation) -> Projection:
+    """Placeholder for the one-effect projection when several effects use effect_projections."""
+    return Projection(other_rows, np.zeros((other_rows.size, 0)), np.zeros((0, 0)))
 
 
 def effect_blocks(kinships, rot: Rotation) -> list:
@@ -241,8 +247,9 @@ def build_model(
     if general:
         factor_cache = cache_builder("factors", effect_blocks(kinships, factor_rot), grid)
         if n_effects > 1:
-            factor_effects = tuple(effect_projection(K, all_train, np.arange(n, n_all))
-                                   for K in kinships)
+            factor_effects = tuple(
+                effect_projection(K, all_train, np.arange(n, n_all), factor_rot if e == 0 else None)
+                for e, K in enumerate(kinships))
         if progress is not None:
             progress(1, steps)
     groups = []
@@ -261,13 +268,15 @@ def build_model(
             cache = (factor_cache if rot is factor_rot
                      else cache_builder(gi, effect_blocks(kinships, rot), grid))
             if n_effects > 1:
-                effects = tuple(effect_projection(K, tg.rows, others) for K in kinships)
+                effects = tuple(effect_projection(K, tg.rows, others, rot if e == 0 else None)
+                                for e, K in enumerate(kinships))
         groups.append(
             GroupModel(
                 rows=tg.rows, cols=tg.cols, rot=rot,
                 weights=cache.weights if general else grid_weights(grid[:, 0], rot.values),
                 x1_keep=keep, x1_rot=np.ascontiguousarray(x1_rot), observed=obs_block,
-                miss_ptr=ptr, miss_rows=miss_rows, projection=projection(kinship, rot, others),
+                miss_ptr=ptr, miss_rows=miss_rows,
+                projection=projection(kinship, rot, others) if n_effects == 1 else unused(others, rot),
                 cache=cache, effect_projections=effects,
             )
         )
@@ -290,7 +299,8 @@ def build_model(
         factor_rot=factor_rot,
         factor_weights=factor_cache.weights if general else grid_weights(grid[:, 0], factor_rot.values),
         x2_rot=np.ascontiguousarray(factor_rot.vectors.T @ x2_all[:n]),
-        factor_projection=projection(kinship, factor_rot, np.arange(n, n_all)),
+        factor_projection=(projection(kinship, factor_rot, np.arange(n, n_all)) if n_effects == 1
+                           else unused(np.arange(n, n_all), factor_rot)),
         pattern_of_row=pattern_of_row.ravel().astype(np.int64),
         pattern_groups=tuple(np.flatnonzero(p) for p in patterns),
         priors=priors, group_of_trait=group_of_trait, effect_names=tuple(effect_names),

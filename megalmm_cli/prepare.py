@@ -160,20 +160,23 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
                     n_effects: int = 1) -> int:
     """Bytes prepare (and later sample) holds at peak, the Grid-LMM cache excluded.
 
-    group_rows: number of rows of each missing-data group. Counts the kinships, each group's
-    eigenvectors (plus workspace) and its conditioning maps to the other individuals, and the
-    n x t arrays of the sampler (data, rotated data, U_R, running means). With several effects
-    also the effect blocks and slice workspace of the group being built and one conditioning
-    map per effect.
+    group_rows: number of rows of each missing-data group. Counts the kinships (twice: as read
+    and as reordered), each group's eigenvectors (plus workspace), its grid weights and its
+    conditioning maps to the other individuals, and the N x t arrays of the sampler (data,
+    rotated data, U_R, running means). With several effects also the effect blocks and slice
+    workspace of the group being built, one conditioning map per effect, and the running
+    means and per-draw arrays of each effect's genetic values (U_by_effect).
     """
     n_train = max(group_rows)
-    floats = (n_effects * n_all * n_all + 2 * n_train * n_train + 4 * n_all * t
-              + grid_point_count(n_effects, divisions) * n_train + n_all * b)
+    n_points = grid_point_count(n_effects, divisions)
+    floats = (2 * n_effects * n_all * n_all + 2 * n_train * n_train + 4 * n_all * t
+              + n_points * n_train + n_all * b)
     if n_effects > 1:
-        floats += (n_effects + 4) * n_train * n_train
+        floats += (n_effects + 4) * n_train * n_train + 8 * n_effects * n_all * t
     for n_g in group_rows:
         n_o = n_all - n_g
-        floats += 2 * n_g * n_g + (1 + (n_effects > 1) * n_effects) * (n_o * n_g + n_o * n_o)
+        maps = n_effects if n_effects > 1 else 1
+        floats += 2 * n_g * n_g + maps * (n_o * n_g + n_o * n_o) + n_points * n_g
     return 8 * floats
 
 

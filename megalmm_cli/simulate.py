@@ -267,8 +267,9 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
         lead_names.append("Block")
         lead.append(sim.blocks[:n_pheno])
     _write_csv(paths["phenotypes"], lead_names + traits, lead, pheno, "%.6g")
-    _write_csv(paths["covariates"], ["id", "Population", "x"], [ids, sim.populations],
-               sim.x[:, None], "%.8g")
+    blocks = [] if sim.blocks is None else [sim.blocks]   # every individual's block, new ones too
+    _write_csv(paths["covariates"], ["id", "Population"] + ["Block"] * bool(blocks) + ["x"],
+               [ids, sim.populations, *blocks], sim.x[:, None], "%.8g")
     _write_csv(paths["genotypes"], ["id"] + list(_names("m", sim.markers.shape[1], 4)), [ids],
                sim.markers, "%d")
     _write_csv(paths["kinship"], ["id"] + list(ids), [ids], sim.kinship, "%.8g")

@@ -233,6 +233,15 @@ def test_two_effect_pipeline(tmp_path):
     from megalmm_cli.cli import main
 
     config = two_effect_config(tmp_path)
+    # two of the four individuals to predict lose their Block value: no block effect for them
+    covariates = tmp_path / "covariates.csv"
+    lines = covariates.read_text().splitlines()
+    for n in (-1, -2):
+        fields = lines[n].split(",")
+        fields[2] = "NA"
+        lines[n] = ",".join(fields)
+    covariates.write_text("\n".join(lines) + "\n")
+    without = [lines[-1].split(",")[0], lines[-2].split(",")[0]]
     runner = CliRunner()
     for command in ("prepare", "sample", "predict", "summarize"):
         result = runner.invoke(main, [command, str(config)])
@@ -247,14 +256,14 @@ def test_two_effect_pipeline(tmp_path):
     u_id = pd.read_csv(run / "predictions" / "U_id.csv", index_col=0)
     u_block = pd.read_csv(run / "predictions" / "U_Block.csv", index_col=0)
     np.testing.assert_allclose(u_id.to_numpy() + u_block.to_numpy(), u.to_numpy(), rtol=1e-4, atol=1e-5)
-    blocks = pd.read_csv(tmp_path / "phenotypes.csv", index_col=0)["Block"]
     block_sd = pd.read_csv(run / "predictions" / "U_Block_sd.csv", index_col=0)
-    assert (block_sd.loc[blocks.index].to_numpy() > 0).all()
-    # the individuals to predict have no Block value: that effect adds nothing to them
-    new = u_block.index.difference(blocks.index)
-    assert len(new) == 4 and (u_block.loc[new].to_numpy() == 0).all()
-    # Z maps rows to levels: every row of a block has that block's value
-    b = u_block.loc[blocks.index].groupby(blocks.to_numpy())
+    assert (block_sd.drop(index=without).to_numpy() > 0).all()
+    # individuals to predict without a Block value get nothing from that effect
+    assert (u_block.loc[without].to_numpy() == 0).all()
+    assert (u_block.drop(index=without).to_numpy() != 0).all()
+    # Z maps rows to levels: every individual of a block (phenotyped or not) has its value
+    all_blocks = pd.read_csv(covariates, index_col=0)["Block"].dropna()
+    b = u_block.loc[all_blocks.index].groupby(all_blocks.to_numpy())
     assert b.std().to_numpy().max() < 1e-5 * np.abs(u_block.to_numpy()).max()
     assert b.mean().std().to_numpy().min() > 0
     shares = pd.read_csv(run / "summary" / "h2_by_effect.csv")
