@@ -256,6 +256,10 @@ def run_summarize(config: Config, echo=print) -> Path:
             u_names = None
     h2_by_chain = by_chain(np.split(h2, np.cumsum(all_lengths)[:-1]))
     names, series = diagnostic_series(chains, h2_by_chain, genetic, traits, u_names=u_names)
+    if shares_table is not None:  # each effect's share of every trait, per chain
+        per_effect = by_chain(np.split(shares, np.cumsum(all_lengths)[:-1]))
+        names += [f"h2_{effect}[{trait}]" for effect in effect_names for trait in traits]
+        series = np.concatenate([series, per_effect.reshape(per_effect.shape[:2] + (-1,))], axis=-1)
     del chains
     diag = diagnostics_table(names, series)
     diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")

@@ -269,6 +269,8 @@ def test_two_effect_pipeline(tmp_path):
     shares = pd.read_csv(run / "summary" / "h2_by_effect.csv")
     assert list(shares.effect.unique()) == ["id", "Block"] and len(shares) == 12
     assert ((shares.hpd_low <= shares.h2_mean) & (shares.h2_mean <= shares.hpd_high)).all()
+    diag = pd.read_csv(run / "summary" / "diagnostics.csv")
+    assert {"h2_id[trait001]", "h2_Block[trait006]"} <= set(diag.param)
     report = (run / "summary" / "report.md").read_text()
     assert "## Random effects" in report and "| Block |" in report
     # a second prepare does nothing
