@@ -64,14 +64,18 @@ def main():
         print(prep_text.strip())
         cache = data / "run" / "grid_cache.h5"
         cache_mb = cache.stat().st_size / 2**20
-        _, sample_mb, text = run(["sample", str(config)], tmp)
-        print(text.strip())
-        match = re.search(r"\(([\d.]+) s/iteration", text)
-        per_it = float(match.group(1))
+        per_it, sample_mb = {}, {}
+        for chain, mode in ((1, "memory"), (2, "disk")):
+            _, sample_mb[mode], text = run(["sample", str(config), "--chain", str(chain),
+                                            "--cache", mode], tmp)
+            print(text.strip())
+            per_it[mode] = float(re.search(r"\(([\d.]+) s/iteration", text).group(1))
     row = (f"| {args.n:,} x {args.t:,} x {args.k}, id kinship + Block ({args.blocks} levels) "
-           f"| {prep_s:.1f} | {cache_mb:,.0f} | {per_it:.3f} | {prep_mb:,.0f} / {sample_mb:,.0f} |")
-    header = ("| n x t x k, effects | prepare s | cache MB on disk | s/iteration "
-              "| peak RSS MB (prepare / sample) |\n|---|---|---|---|---|")
+           f"| {prep_s:.1f} | {cache_mb:,.0f} | {per_it['memory']:.3f} / {per_it['disk']:.3f} "
+           f"| {prep_mb:,.0f} / {sample_mb['memory']:,.0f} / {sample_mb['disk']:,.0f} |")
+    header = ("| n x t x k, effects | prepare s | cache MB on disk "
+              "| s/iteration (cache in memory / read from disk) "
+              "| peak RSS MB (prepare / sample in memory / from disk) |\n|---|---|---|---|---|")
     table = f"{header}\n{row}"
     print(table)
     if args.no_write:

@@ -260,9 +260,14 @@ def _bar(flag, desc, total=None, initial=0, unit="it"):
 @click.option("--iterations", type=int, default=None,
               help="Iterations after burn-in for the chain [default: mcmc.samples]; "
                    "a larger value extends a finished chain.")
+@click.option("--cache", "cache_mode", type=click.Choice(["auto", "memory", "disk"]), default="auto",
+              show_default=True,
+              help="Several random effects: hold the Grid-LMM cache in memory, or read it from "
+                   "grid_cache.h5 one slice at a time (auto: memory when it takes under half "
+                   "the available RAM). Same results either way.")
 @progress_option
 @verbose_option
-def sample(config, chain, iterations, progress, verbose):
+def sample(config, chain, iterations, cache_mode, progress, verbose):
     """Run the Gibbs sampler; re-running resumes from the last checkpoint.
 
     Draws go to <output_dir>/chains/chain_<N>.h5 every mcmc.checkpoint_every iterations,
@@ -288,14 +293,14 @@ def sample(config, chain, iterations, progress, verbose):
             run_prepare(cfg, echo=_echo)
         chains = [chain] if chain is not None else list(range(1, cfg.mcmc.chains + 1))
         for number in chains:
-            code = _sample_chain(cfg, number, iterations, progress)
+            code = _sample_chain(cfg, number, iterations, progress, cache_mode)
             if code:
                 sys.exit(code)
 
     _run(action, verbose)
 
 
-def _sample_chain(cfg, number, iterations, progress) -> int:
+def _sample_chain(cfg, number, iterations, progress, cache_mode="auto") -> int:
     from .chain import Plan
     from .lock import chain_lock
     from .runinfo import chain_path
@@ -305,10 +310,10 @@ def _sample_chain(cfg, number, iterations, progress) -> int:
     path = chain_path(cfg, number)
     path.parent.mkdir(parents=True, exist_ok=True)
     with chain_lock(path):  # taken before the chain file is created or resumed
-        return _sample_locked_chain(cfg, number, plan, path, progress)
+        return _sample_locked_chain(cfg, number, plan, path, progress, cache_mode)
 
 
-def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
+def _sample_locked_chain(cfg, number, plan, path, progress, cache_mode="auto") -> int:
     import numpy as np
 
     from .chain import StopRequested, recorded_samples, run_chain
@@ -320,7 +325,12 @@ def _sample_locked_chain(cfg, number, plan, path, progress) -> int:
     names = recorded_samples(cfg.posterior.samples, cfg.posterior.means)
     expected = sampling_hash(cfg)
     started = time.perf_counter()
-    model = load_model(cfg)
+    model = load_model(cfg, cache_in_memory={"auto": None, "memory": True, "disk": False}[cache_mode])
+    if model.n_effects > 1:
+        where = ("in memory" if isinstance(model.factor_cache.transforms, np.ndarray)
+                 else "read from disk one slice at a time")
+        _echo(f"chain {number}: {model.n_effects} random effects ({', '.join(model.effect_names)}); "
+              f"Grid-LMM cache {where}")
     from .posterior import param_shape
 
     if storage.exists():
