@@ -3,8 +3,9 @@ seconds per iteration and peak memory, through the command line as a user runs i
 
 Simulates n individuals x t traits with `megalmm simulate --blocks L` (no missing cells, so
 one missing-data group, whose cache the factors share), runs `megalmm prepare` and a short
-`megalmm sample` (burn-in only, timed iterations), each in its own process, and writes the
-table to docs/benchmarks.md between the BENCH2 markers.
+`megalmm sample` (burn-in only, timed iterations; once with the cache in memory, once reading
+it from disk), each in its own process, and writes the table to docs/benchmarks.md between the
+BENCH2 markers.
 
     python benchmarks/bench_two_effects.py                       # n 1000, t 1000
     python benchmarks/bench_two_effects.py --n 500 --t 500 --iterations 10
