@@ -177,14 +177,16 @@ def test_one_effect_chains_agree_in_distribution(one_effect_pair):
     assert abs(prec_e - prec_g) < 0.1
 
 
-def test_two_effect_chain_runs_and_keeps_sum_of_effects():
+@pytest.mark.parametrize("m", [2, 3])
+def test_chain_with_several_effects_runs_and_keeps_sum_of_effects(m):
     sim = simulate_data(60, 6, 2, missing=0.2, seed=4, n_markers=200, n_new=4, n_blocks=6)
     values = np.where(sim.observed, sim.Y, np.nan)
-    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks)]
+    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks),
+                block_kinship_from_labels(sim.populations)][:m]
     model = build_model(sim.ids, sim.traits, values, kinships, sim.X1, ["Intercept", "pop", "x"],
                         np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS, max_groups=2,
-                        effect_names=("id", "Block"))
-    assert model.grid.shape == (15, 2) and model.n_effects == 2
+                        effect_names=("id", "Block", "Population")[:m])
+    assert model.grid.shape == ({2: 15, 3: 35}[m], m) and model.n_effects == m
     state = initial_state(model, np.random.default_rng(1), np.random.default_rng(2))
     for _ in range(30):
         gibbs_iteration(model, state)
@@ -193,8 +195,8 @@ def test_two_effect_chain_runs_and_keeps_sum_of_effects():
     u_f, u_r = random_effects(model, state)
     assert u_r.shape == (len(model.ids), model.t) and np.all(np.isfinite(u_r))
     out = draw(model, state, ["resid_h2", "f_h2", "G", "h2"])
-    assert out["resid_h2"].shape == param_shape(model, "resid_h2") == (2, model.t)
-    assert out["f_h2"].shape == (2, model.k)
+    assert out["resid_h2"].shape == param_shape(model, "resid_h2") == (m, model.t)
+    assert out["f_h2"].shape == (m, model.k)
     assert np.all(out["resid_h2"].sum(axis=0) < 1)
 
 
