@@ -47,25 +47,30 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
 
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
-    """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F."""
-    if g.cache is not None:
-        _sample_group_general(model, state, gi, g, f_rot)
-        return
+    """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F.
+
+    One random effect: diagonal weights in the group's eigenbasis. Several: whitening through
+    the slice transforms of the group's Grid-LMM cache (g.cache).
+    """
     p = model.priors
     rng = state.rng
-    cols = g.cols
+    cols, cache = g.cols, g.cache
     x_rot = np.hstack([g.x1_rot, f_rot])
     b1g = g.x1_rot.shape[1]
     n_g, t_g = state.Y_rot[gi].shape
-    gram, grid_of_col, xty, yty = grouped_normal_equations(
-        x_rot, state.Y_rot[gi], g.weights, state.resid_h2_index[cols])
+    index = state.resid_h2_index[cols]
     prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
     coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
     shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
     std_gamma = rng.standard_gamma(shape, size=t_g)
-    tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec,
-                              np.full(t_g, p.tot_eta_rate), std_gamma,
-                              normals(rng, coefs_t.shape), coefs_t)
+    rate0 = np.full(t_g, p.tot_eta_rate)
+    if cache is None:
+        gram, grid_of_col, xty, yty = grouped_normal_equations(x_rot, state.Y_rot[gi], g.weights, index)
+        tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma,
+                                  normals(rng, coefs_t.shape), coefs_t)
+    else:
+        tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], index, prior_prec, rate0, std_gamma,
+                            normals(rng, coefs_t.shape), coefs_t)
     coefs = coefs_t.T
     state.tot_eta_prec[cols] = tau
     b1_block = np.zeros((state.B1.shape[0], t_g))
@@ -75,11 +80,18 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
 
     resid_rot = matmul(x_rot, coefs)
     np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
-    index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior, rng.random(t_g),
-                            g.half_logdet)
+    if cache is None:
+        index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior,
+                                rng.random(t_g), g.half_logdet)
+        state.U_R_rot[gi] = sample_random_effects(
+            resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
+    else:
+        loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior)
+        index = draw_grid_index(loglik, rng.random(t_g))
+        state.U_R_rot[gi] = sample_random_effects_general(
+            resid_rot, model.grid[index], tau, index, cache,
+            normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
     state.resid_h2_index[cols] = index
-    state.U_R_rot[gi] = sample_random_effects(
-        resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
 
 
 def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):
@@ -102,37 +114,6 @@ def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, nois
     return tau
 
 
-def _sample_group_general(model: Model, state: State, gi: int, g, f_rot) -> None:
-    """Steps 2-4 for one group with several random effects (through its Grid-LMM cache)."""
-    p = model.priors
-    rng = state.rng
-    cols, cache = g.cols, g.cache
-    x_rot = np.hstack([g.x1_rot, f_rot])
-    b1g = g.x1_rot.shape[1]
-    n_g, t_g = state.Y_rot[gi].shape
-    prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
-    coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
-    shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
-    std_gamma = rng.standard_gamma(shape, size=t_g)
-    tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], state.resid_h2_index[cols], prior_prec,
-                        np.full(t_g, p.tot_eta_rate), std_gamma, normals(rng, coefs_t.shape),
-                        coefs_t)
-    coefs = coefs_t.T
-    state.tot_eta_prec[cols] = tau
-    b1_block = np.zeros((state.B1.shape[0], t_g))
-    b1_block[g.x1_keep] = coefs[:b1g]
-    state.B1[:, cols] = b1_block
-    state.Lambda[:, cols] = coefs[b1g:]
-
-    resid_rot = state.Y_rot[gi] - matmul(x_rot, coefs)
-    loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior)
-    index = draw_grid_index(loglik, rng.random(t_g))
-    state.resid_h2_index[cols] = index
-    state.U_R_rot[gi] = sample_random_effects_general(
-        resid_rot, model.grid[index], tau, index, cache,
-        normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
-
-
 def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
     """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data.
 
@@ -145,53 +126,41 @@ def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
 
 
 def _sample_factor_side(model: Model, state: State, f_rot) -> None:
-    if model.factor_cache is not None:
-        _sample_factor_side_general(model, state, f_rot)
-        return
-    p = model.priors
-    rng = state.rng
-    k = model.k
-    gram, grid_of_col, xty, yty = grouped_normal_equations(
-        model.x2_rot, f_rot, model.factor_weights, state.f_h2_index)
-    b2 = model.x2_rot.shape[1]
-    shape = gamma_shape(p.tot_f_shape, model.n, 0, b2)
-    coefs_t = np.ascontiguousarray(state.B2F.T)
-    tau = sample_coefficients(gram, grid_of_col, xty, yty, np.ascontiguousarray(state.B2F_prec.T),
-                              np.full(k, p.tot_f_rate), rng.standard_gamma(shape, size=k),
-                              rng.standard_normal((k, b2)), coefs_t)
-    coefs = coefs_t.T
-    state.tot_f_prec = tau
-    state.B2F = np.ascontiguousarray(coefs)
-    resid_rot = f_rot - model.x2_rot @ coefs
-    index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
-                            rng.random(k), model.factor_half_logdet)
-    state.f_h2_index = index
-    state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values, model.grid[index, 0],
-                                          tau, rng.standard_normal((model.n, k)))
-
-
-def _sample_factor_side_general(model: Model, state: State, f_rot) -> None:
-    """Step 5 with several random effects (through the factors' Grid-LMM cache)."""
     p = model.priors
     rng = state.rng
     k, cache = model.k, model.factor_cache
     b2 = model.x2_rot.shape[1]
     shape = gamma_shape(p.tot_f_shape, model.n, 0, b2)
     coefs_t = np.ascontiguousarray(state.B2F.T)
-    tau = draw_by_slice(cache, model.x2_rot, f_rot, state.f_h2_index,
-                        np.ascontiguousarray(state.B2F_prec.T), np.full(k, p.tot_f_rate),
-                        rng.standard_gamma(shape, size=k), rng.standard_normal((k, b2)), coefs_t)
+    prior_prec = np.ascontiguousarray(state.B2F_prec.T)
+    rate0 = np.full(k, p.tot_f_rate)
+    if cache is None:
+        gram, grid_of_col, xty, yty = grouped_normal_equations(
+            model.x2_rot, f_rot, model.factor_weights, state.f_h2_index)
+        tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0,
+                                  rng.standard_gamma(shape, size=k), rng.standard_normal((k, b2)),
+                                  coefs_t)
+    else:
+        tau = draw_by_slice(cache, model.x2_rot, f_rot, state.f_h2_index, prior_prec, rate0,
+                            rng.standard_gamma(shape, size=k), rng.standard_normal((k, b2)), coefs_t)
     coefs = coefs_t.T
     state.tot_f_prec = tau
     state.B2F = np.ascontiguousarray(coefs)
     resid_rot = f_rot - model.x2_rot @ coefs
-    loglik = general_loglik(resid_rot, cache, tau, model.factor_log_prior)
-    index = draw_grid_index(loglik, rng.random(k))
+    if cache is None:
+        index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
+                                rng.random(k), model.factor_half_logdet)
+        state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values,
+                                              model.grid[index, 0], tau,
+                                              rng.standard_normal((model.n, k)))
+    else:
+        loglik = general_loglik(resid_rot, cache, tau, model.factor_log_prior)
+        index = draw_grid_index(loglik, rng.random(k))
+        state.U_F_rot = sample_random_effects_general(
+            resid_rot, model.grid[index], tau, index, cache,
+            rng.standard_normal((model.n_effects, cache.roots.shape[2], k)),
+            rng.standard_normal((model.n, k)))
     state.f_h2_index = index
-    state.U_F_rot = sample_random_effects_general(
-        resid_rot, model.grid[index], tau, index, cache,
-        rng.standard_normal((model.n_effects, cache.roots.shape[2], k)),
-        rng.standard_normal((model.n, k)))
 
 
 def sample_scores(model: Model, state: State) -> None:
