@@ -19,6 +19,8 @@ With m = 1 there is one slice, A = I and T = P' is a permutation: the eigen basi
 """
 
 from dataclasses import dataclass
+from functools import cached_property
+from math import comb
 
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
@@ -47,12 +49,17 @@ class GridCache:
     def transform(self, s: int) -> np.ndarray:
         return np.asarray(self.transforms[s])
 
-    def in_memory(self) -> "GridCache":
-        """The same cache with every transform read into memory."""
-        if isinstance(self.transforms, np.ndarray):
-            return self
-        return GridCache(self.slice_of_point, self.transforms[()], self.weights, self.half_logdet,
-                         self.roots)
+    @cached_property
+    def points_of_slice(self) -> list:
+        """Grid points of each slice: [(points_s,)], computed once."""
+        order = np.argsort(self.slice_of_point, kind="stable")
+        bounds = np.searchsorted(self.slice_of_point[order], np.arange(self.n_slices + 1))
+        return [order[bounds[s]:bounds[s + 1]] for s in range(self.n_slices)]
+
+    def columns_by_slice(self, index: np.ndarray) -> list:
+        """[(slice, columns)] for the slices used by the columns' grid points index (c,)."""
+        slices = self.slice_of_point[index]
+        return [(int(s), np.flatnonzero(slices == s)) for s in np.unique(slices)]
 
 
 def grid_slices(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +160,6 @@ def cache_bytes(n_rows: int, n_effects: int, divisions: int) -> int:
 
 
 def grid_point_count(n_effects: int, divisions: int) -> int:
-    from math import comb
     return comb(divisions - 1 + n_effects, n_effects)
 
 

@@ -165,7 +165,7 @@ def effect_projection(kinship, rows: np.ndarray, other_rows: np.ndarray, rot=Non
     return Projection(proj.other_rows, proj.mean_map @ rot.vectors.T, proj.chol)
 
 
-def unused(other_rows: np.ndarray, rot: Rotation) -> Projection:
+def unused(other_rows: np.ndarray) -> Projection:
     """Placeholder for the one-effect projection when several effects use effect_projections."""
     return Projection(other_rows, np.zeros((other_rows.size, 0)), np.zeros((0, 0)))
 
@@ -276,7 +276,7 @@ def build_model(
                 weights=cache.weights if general else grid_weights(grid[:, 0], rot.values),
                 x1_keep=keep, x1_rot=np.ascontiguousarray(x1_rot), observed=obs_block,
                 miss_ptr=ptr, miss_rows=miss_rows,
-                projection=projection(kinship, rot, others) if n_effects == 1 else unused(others, rot),
+                projection=projection(kinship, rot, others) if n_effects == 1 else unused(others),
                 cache=cache, effect_projections=effects,
             )
         )
@@ -300,7 +300,7 @@ def build_model(
         factor_weights=factor_cache.weights if general else grid_weights(grid[:, 0], factor_rot.values),
         x2_rot=np.ascontiguousarray(factor_rot.vectors.T @ x2_all[:n]),
         factor_projection=(projection(kinship, factor_rot, np.arange(n, n_all)) if n_effects == 1
-                           else unused(np.arange(n, n_all), factor_rot)),
+                           else unused(np.arange(n, n_all))),
         pattern_of_row=pattern_of_row.ravel().astype(np.int64),
         pattern_groups=tuple(np.flatnonzero(p) for p in patterns),
         priors=priors, group_of_trait=group_of_trait, effect_names=tuple(effect_names),

@@ -73,7 +73,8 @@ def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
 def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
     """U_F (N, k) and U_R (N, t) for every individual, standardised units, free factor scale."""
     if model.n_effects > 1:
-        return _random_effects_by_effect(model, state)
+        u_f, u_r = random_effects_by_effect(model, state)
+        return u_f.sum(axis=0), u_r.sum(axis=0)
     N = len(model.ids)
     rng = state.pred_rng
     f_h2 = model.grid[state.f_h2_index, 0]
@@ -130,11 +131,6 @@ def random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np
                                        state.tot_eta_prec[cols], index, g.effect_projections, N,
                                        g.rows, rng)
     return u_f, u_r
-
-
-def _random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
-    u_f, u_r = random_effects_by_effect(model, state)
-    return u_f.sum(axis=0), u_r.sum(axis=0)
 
 
 def genetic_and_expected(model: Model, state: State, u_f, u_r) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import pandas as pd
 from .config import Config
 from .errors import UserError
 from .posterior import RunningMoments
-from .prepare import read_test_cells
+from .prepare import read_effect_names, read_test_cells
 from .runinfo import chain_paths, sampling_hash
 from .storage import ChainFile
 
@@ -108,7 +108,7 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) ->
         expected = None
     echo(f"wrote {out / 'U.csv'}, U_sd.csv" + (", eta_hat.csv" if expected is not None else "")
          + f" ({len(ids)} individuals x {len(traits)} traits, {genetic.count} draws)")
-    names = effect_names(config)
+    names = read_effect_names(config)
     if len(names) > 1:
         by_effect = pooled_moments(config, "U_by_effect")
         for e, name in enumerate(names):
@@ -125,18 +125,6 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) ->
     if new_kinship is not None:
         predict_new(config, new_kinship, genetic.mean, out, echo=echo)
     return out
-
-
-def effect_names(config: Config) -> list:
-    """Grouping columns of the random effects, as prepared.h5 records them."""
-    import h5py
-
-    from .prepare import prepared_path
-
-    with h5py.File(prepared_path(config), "r") as f:
-        if "effect_names" not in f:
-            return ["id"]
-        return [s.decode() if isinstance(s, bytes) else s for s in f["effect_names"][()]]
 
 
 # ----------------------------------------------------------------------------- new individuals

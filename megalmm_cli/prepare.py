@@ -23,7 +23,7 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .errors import UserError
 from .cachefile import (CACHE_NAME, SliceStore, fingerprint, open_for_writing, read_cache,
                         read_stamp, set_stamp)
-from .gridcache import build_cache, cache_bytes, grid_point_count, grid_slices
+from .gridcache import build_cache, cache_bytes, grid_point_count, grid_slices, slice_count
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
 
@@ -196,7 +196,7 @@ def check_cache_size(config: Config, size: int, limit: int, directory: Path, gro
     """Report the Grid-LMM cache size; refuse when it exceeds the memory limit or free disk."""
     divisions = config.model.h2_divisions
     echo(f"Grid-LMM cache: {n_effects} random effects, {grid_point_count(n_effects, divisions)} "
-         f"grid points in {grid_point_count(n_effects - 1, divisions)} slices per group, "
+         f"grid points in {slice_count(n_effects, divisions)} slices per group, "
          f"{len(group_rows)} group(s) of up to {max(group_rows)} rows: {human_bytes(size)} "
          f"({size} bytes) in {CACHE_NAME}")
     fix = ("lower model.h2_divisions (the cache grows as h2_divisions^(m-1)) or "
@@ -255,21 +255,12 @@ def is_up_to_date(config: Config) -> bool:
             current = (f.attrs.get("format_version") == FORMAT_VERSION
                        and f.attrs.get("config_hash") == prepare_hash(config))
             several = int(f.attrs.get("n_effects", 1)) > 1
-        return current and (not several or cache_is_complete(path.parent / CACHE_NAME, config))
+            cache_stamp = f.attrs.get("cache_stamp", "")
+        # several effects: grid_cache.h5 must be the one this prepared.h5 was written with
+        return current and (not several or (bool(cache_stamp)
+                                             and read_stamp(path.parent / CACHE_NAME) == cache_stamp))
     except OSError:
         return False
-
-
-def cache_is_complete(path: Path, config: Config) -> bool:
-    """grid_cache.h5 is the one prepared.h5 was written with (same stamp), from this config."""
-    if not path.exists():
-        return False
-    with h5py.File(path, "r") as h5:
-        if h5.attrs.get("config_hash") != prepare_hash(config):
-            return False
-    stamp = read_stamp(path)
-    with h5py.File(path.parent / PREPARED_NAME, "r") as f:
-        return bool(stamp) and f.attrs.get("cache_stamp") == stamp
 
 
 def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str,
@@ -370,9 +361,6 @@ def load_model(config: Config, cache_in_memory: bool | None = None) -> Model:
         n_effects = int(f.attrs.get("n_effects", 1))
         grid = h2_grid(n_effects, divisions)
         cache_path = path.parent / CACHE_NAME
-        if n_effects > 1 and read_stamp(cache_path) != f.attrs.get("cache_stamp"):
-            raise UserError(f"{cache_path}: is missing, incomplete or from another prepare; run "
-                            f"`megalmm prepare {config.path}` (it reuses every finished slice)")
         if n_effects > 1 and cache_in_memory is None:
             size = cache_path.stat().st_size if cache_path.exists() else 0
             cache_in_memory = size < available_memory() // 2
@@ -430,6 +418,12 @@ def _text(values) -> list:
     return [s.decode() if isinstance(s, bytes) else s for s in values]
 
 
+def read_effect_names(config: Config) -> list:
+    """Grouping columns of the random effects, as prepared.h5 records them."""
+    with h5py.File(prepared_path(config), "r") as f:
+        return _text(f["effect_names"][()]) if "effect_names" in f else ["id"]
+
+
 def read_test_cells(config: Config) -> tuple[tuple, tuple, np.ndarray, np.ndarray, np.ndarray]:
     """(ids, traits, rows, cols, values) of the test cells stored by prepare."""
     with h5py.File(prepared_path(config), "r") as f:
@@ -465,12 +459,14 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
             f"{human_bytes(limit)}; raise --max-memory, or lower missing_data.max_groups "
             "(fewer groups hold fewer rotations)"
         )
-    cache_need = cache_size(int(train.sum()), group_rows, n_effects, config.model.h2_divisions)
+    cache_path = path.parent / CACHE_NAME
     if n_effects > 1:
-        check_cache_size(config, cache_need, limit, path.parent, group_rows, n_effects, echo)
+        check_cache_size(config, cache_size(int(train.sum()), group_rows, n_effects,
+                                            config.model.h2_divisions),
+                         limit, path.parent, group_rows, n_effects, echo)
     priors = priors_from_config(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cache_file = open_for_writing(path.parent / CACHE_NAME, prepare_hash(config)) if n_effects > 1 else None
+    cache_file = open_for_writing(cache_path, prepare_hash(config)) if n_effects > 1 else None
     try:
         model = build_model(
             inputs.ids, inputs.traits, inputs.values, list(inputs.kinships), inputs.x1,
@@ -485,13 +481,12 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     finally:
         if cache_file is not None:
             cache_file.close()
-    stale_cache = path.parent / CACHE_NAME
-    if n_effects == 1 and stale_cache.exists():  # left by an earlier config with several effects
-        stale_cache.unlink()
+    if n_effects == 1 and cache_path.exists():  # left by an earlier config with several effects
+        cache_path.unlink()
     stamp = uuid.uuid4().hex if n_effects > 1 else ""
     write_prepared(path, model, inputs, prepare_hash(config), stamp)
     if n_effects > 1:  # the cache now belongs to this prepared.h5
-        set_stamp(path.parent / CACHE_NAME, stamp)
+        set_stamp(cache_path, stamp)
     imputed = sum(int(g.miss_rows.size) for g in model.groups)
     echo(f"wrote {path}: {len(model.groups)} missing-data group(s), {imputed} imputed cells, "
          f"{model.n_train} training rows, fixed effects: {', '.join(model.x1_names)}")

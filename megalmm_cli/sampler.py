@@ -3,14 +3,15 @@
 import numpy as np
 
 from .gibbs.blas import matmul
-from .gibbs.coefficients import gamma_shape, grouped_normal_equations, sample_coefficients
+from .gibbs.coefficients import (draw_by_slice, gamma_shape, grouped_normal_equations,
+                                 sample_coefficients)
 from .gibbs.factors import sample_factor_scores
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
 from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
-from .gibbs.variance import (columns_by_slice, general_loglik, sample_h2_index,
-                             sample_random_effects, sample_random_effects_general)
+from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
+                             sample_random_effects_general)
 from .gridlmm import draw_grid_index
 from .model import Model
 from .state import State
@@ -92,26 +93,6 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
             resid_rot, model.grid[index], tau, index, cache,
             normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
     state.resid_h2_index[cols] = index
-
-
-def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):
-    """Step 2 (or its factor analogue) on the general path: columns grouped by the slice of
-    their grid point, whitened by its transform, then the usual per-grid-point draws.
-
-    x_rot: (n, b); y_rot: (n, c); index: (c,); prior_prec, noise, coefs_t: (c, b) (coefs_t is
-    overwritten with the draw); rate0, std_gamma: (c,). Returns tot_prec (c,).
-    """
-    tau = np.empty(y_rot.shape[1])
-    for s, cols in columns_by_slice(cache, index):
-        transform = cache.transform(s)
-        gram, grid_of_col, xty, yty = grouped_normal_equations(
-            matmul(transform, x_rot), matmul(transform, y_rot[:, cols]), cache.weights, index[cols])
-        sub = np.ascontiguousarray(coefs_t[cols])
-        tau[cols] = sample_coefficients(gram, grid_of_col, xty, yty,
-                                        np.ascontiguousarray(prior_prec[cols]), rate0[cols],
-                                        std_gamma[cols], np.ascontiguousarray(noise[cols]), sub)
-        coefs_t[cols] = sub
-    return tau
 
 
 def sample_factor_side(model: Model, state: State, f_rot=None) -> None:

@@ -170,10 +170,11 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     if n_blocks:
         block_rng = np.random.default_rng([seed, 1])
         labels = np.asarray(_names("B", int(n_blocks), 2))
-        blocks = labels[block_rng.integers(0, int(n_blocks), size=n)]
+        level_of = block_rng.integers(0, int(n_blocks), size=n)
+        blocks = labels[level_of]
         block_h2 = block_rng.uniform(0.1, 0.4, size=t)
         level_effects = block_rng.standard_normal((int(n_blocks), t)) * np.sqrt(block_h2 * sigma2)
-        U_block = level_effects[np.searchsorted(labels, blocks)]
+        U_block = level_effects[level_of]
     Y = rng.standard_normal((n, t))
     Y *= np.sqrt((1.0 - resid_h2 - (block_h2 if n_blocks else 0.0)) * sigma2)   # E_R
     Y += U_R

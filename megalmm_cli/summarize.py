@@ -9,7 +9,7 @@ import pandas as pd
 from .config import Config
 from .errors import UserError
 from .posterior import covariances, u_cell_indices
-from .prepare import prepared_path
+from .prepare import prepared_path, read_effect_names
 from .runinfo import chain_paths, sampling_hash
 from .storage import ChainFile
 
@@ -194,8 +194,7 @@ def run_summarize(config: Config, echo=print) -> Path:
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         n_train = int(f.attrs["n_train"])
-        effect_names = ([s.decode() if isinstance(s, bytes) else s for s in f["effect_names"][()]]
-                        if "effect_names" in f else ["id"])
+    effect_names = read_effect_names(config)
     per_chain = load_chain_draws(config)
     by_effect = {}
     for name in ("f_h2", "resid_h2"):  # several effects: (S, m, .) -> totals, kept by effect

@@ -309,6 +309,19 @@ def geweke_z(mc: np.ndarray, chain: np.ndarray, n_batches: int = N_BATCHES) -> n
     return (chain.mean(axis=0) - mc.mean(axis=0)) / np.sqrt(se_mc ** 2 + se_chain ** 2)
 
 
+def geweke_chain_z(model, mc, iterations: int, seed: int, label: str, top=None) -> np.ndarray:
+    """Run a Geweke chain on one numba thread and print its z against the independent draws."""
+    names, _ = mc
+    start = time.perf_counter()
+    with numba_threads(1):
+        names_sc, chain = successive_conditional(model, iterations, SC_THIN, seed=seed)
+    assert names == names_sc
+    z = geweke_z(mc[1], chain)
+    print(f"\n{label}: {iterations} iterations in {time.perf_counter() - start:.1f} s; "
+          f"{len(names)} statistics, max |z| = {np.abs(z).max():.2f}\n{report(names, z, top)}")
+    return z
+
+
 def report(names, z, top: int | None = None) -> str:
     order = np.argsort(-np.abs(z))[:top]
     return "\n".join(f"{names[i]:>36s}: z = {z[i]:+.2f}" for i in order)
@@ -347,16 +360,8 @@ def test_prior_draws_match_their_definition(model):
 
 @pytest.mark.slow
 def test_geweke_joint_distribution(model, mc_stats):
-    names, mc = mc_stats
-    start = time.perf_counter()
-    with numba_threads(1):
-        names_sc, chain = successive_conditional(model, SC_ITERATIONS, SC_THIN, seed=2)
-    elapsed = time.perf_counter() - start
-    assert names == names_sc
-    z = geweke_z(mc, chain)
-    print(f"\nGeweke chain: {SC_ITERATIONS} iterations in {elapsed:.1f} s; {len(names)} "
-          f"statistics, "
-          f"max |z| = {np.abs(z).max():.2f}\n{report(names, z)}")
+    names, _ = mc_stats
+    z = geweke_chain_z(model, mc_stats, SC_ITERATIONS, seed=2, label="Geweke chain")
     assert np.all(np.isfinite(z))
     assert np.max(np.abs(z)) < Z_MAX, report(names, z, 15)
 
@@ -364,13 +369,10 @@ def test_geweke_joint_distribution(model, mc_stats):
 @pytest.mark.slow
 def test_geweke_negative_control(model, mc_stats, monkeypatch):
     """A wrong tot_eta_prec / tot_f_prec conditional (Gamma shape + 2) must be flagged."""
-    names, mc = mc_stats
+    names, _ = mc_stats
     original = sampler_mod.gamma_shape
     monkeypatch.setattr(sampler_mod, "gamma_shape", lambda *args: original(*args) + 2.0)
-    with numba_threads(1):
-        _, chain = successive_conditional(model, NEGATIVE_ITERATIONS, SC_THIN, seed=4)
-    z = geweke_z(mc, chain)
-    print(f"\nnegative control: max |z| = {np.abs(z).max():.2f}\n{report(names, z, 10)}")
+    z = geweke_chain_z(model, mc_stats, NEGATIVE_ITERATIONS, seed=4, label="negative control", top=10)
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
     expected = {f"tot_eta_prec[{j}]" for j in range(T)}
     assert expected <= flagged, report(names, z, 15)
@@ -385,11 +387,9 @@ def test_geweke_negative_control(model, mc_stats, monkeypatch):
 def test_geweke_joint_distribution_default_ard_prior():
     """The same test with the package's default ARD prior (df = 3, delta_1 ~ Gamma(2, 1))."""
     default = make_model(priors=dataclasses.replace(PRIORS, lambda_df=3.0, delta_1=(2.0, 1.0)))
-    names, mc = marginal_conditional(default, 4 * MC_DRAWS, seed=1)
-    with numba_threads(1):
-        _, chain = successive_conditional(default, 100_000, SC_THIN, seed=8)
-    z = geweke_z(mc, chain)
-    print(f"\ndefault ARD prior: max |z| = {np.abs(z).max():.2f}\n{report(names, z, 10)}")
+    mc = marginal_conditional(default, 4 * MC_DRAWS, seed=1)
+    names = mc[0]
+    z = geweke_chain_z(default, mc, 100_000, seed=8, label="default ARD prior", top=10)
     assert np.max(np.abs(z)) < Z_MAX, report(names, z, 15)
 
 
@@ -409,13 +409,10 @@ def two_effect_mc(two_effect_model):
 
 @pytest.mark.slow
 def test_geweke_joint_distribution_two_effects(two_effect_model, two_effect_mc):
-    names, mc = two_effect_mc
+    names, _ = two_effect_mc
     assert two_effect_model.groups[0].cache is not None and "resid_h2_2[0]" in names
-    with numba_threads(1):
-        _, chain = successive_conditional(two_effect_model, SC_ITERATIONS, SC_THIN, seed=2)
-    z = geweke_z(mc, chain)
-    print(f"\ntwo effects: {len(names)} statistics, max |z| = {np.abs(z).max():.2f}\n"
-          f"{report(names, z, 10)}")
+    z = geweke_chain_z(two_effect_model, two_effect_mc, SC_ITERATIONS, seed=2, label="two effects",
+                       top=10)
     assert np.all(np.isfinite(z))
     assert np.max(np.abs(z)) < Z_MAX, report(names, z, 15)
 
@@ -423,7 +420,7 @@ def test_geweke_joint_distribution_two_effects(two_effect_model, two_effect_mc):
 @pytest.mark.slow
 def test_geweke_two_effects_negative_control(two_effect_model, two_effect_mc, monkeypatch):
     """A grid log-likelihood without the log|A_s| term of each slice must be flagged."""
-    names, mc = two_effect_mc
+    names, _ = two_effect_mc
     from megalmm_cli.gibbs import variance
 
     def wrong(resid, cache, tot_prec, log_prior):
@@ -432,9 +429,7 @@ def test_geweke_two_effects_negative_control(two_effect_model, two_effect_mc, mo
         return out + 0.5 * logdet_a[:, None]
 
     monkeypatch.setattr(sampler_mod, "general_loglik", wrong)
-    with numba_threads(1):
-        _, chain = successive_conditional(two_effect_model, 3 * NEGATIVE_ITERATIONS, SC_THIN, seed=4)
-    z = geweke_z(mc, chain)
-    print(f"\ntwo effects, negative control: max |z| = {np.abs(z).max():.2f}\n{report(names, z, 10)}")
+    z = geweke_chain_z(two_effect_model, two_effect_mc, 3 * NEGATIVE_ITERATIONS, seed=4,
+                       label="two effects, negative control", top=10)
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
     assert any(name.startswith(("resid_h2", "f_h2")) for name in flagged), report(names, z, 15)

@@ -15,6 +15,9 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
   Cholesky per column);
 - b > JOINT_MAX: tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE, each block
   given the others (cost about 2 b^2 + b BLOCK_SIZE^2 / 3 per column instead of b^3 / 3).
+
+With several random effects (draw_by_slice) the columns are first whitened by the Grid-LMM
+cache's slice transform of their grid point, which makes the covariance diagonal again.
 """
 
 import numpy as np
@@ -159,3 +162,23 @@ def _weight_columns(y_rot, weights, grid_index, out):
     for i in prange(n):
         for j in range(c):
             out[i, j] = weights[grid_index[j], i] * y_rot[i, j]
+
+
+def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):
+    """Step 2 (or its factor analogue) on the general path: columns grouped by the slice of
+    their grid point, whitened by its transform, then the usual per-grid-point draws.
+
+    x_rot: (n, b); y_rot: (n, c); index: (c,); prior_prec, noise, coefs_t: (c, b) (coefs_t is
+    overwritten with the draw); rate0, std_gamma: (c,). Returns tot_prec (c,).
+    """
+    tau = np.empty(y_rot.shape[1])
+    for s, cols in cache.columns_by_slice(index):
+        transform = cache.transform(s)
+        gram, grid_of_col, xty, yty = grouped_normal_equations(
+            matmul(transform, x_rot), matmul(transform, y_rot[:, cols]), cache.weights, index[cols])
+        sub = np.ascontiguousarray(coefs_t[cols])
+        tau[cols] = sample_coefficients(gram, grid_of_col, xty, yty,
+                                        np.ascontiguousarray(prior_prec[cols]), rate0[cols],
+                                        std_gamma[cols], np.ascontiguousarray(noise[cols]), sub)
+        coefs_t[cols] = sub
+    return tau

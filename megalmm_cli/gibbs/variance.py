@@ -58,30 +58,17 @@ def general_loglik(resid, cache, tot_prec, log_prior):
     log_prior: (G,). One (n, n) x (n, c) product per slice.
     """
     out = np.empty((cache.weights.shape[0], resid.shape[1]))
-    for s, points in enumerate(points_by_slice(cache)):
+    for s, points in enumerate(cache.points_of_slice):
         white = matmul(cache.transform(s), resid)
         out[points] = grid_loglik(white * white, cache.weights[points], tot_prec, log_prior[points],
                                   cache.half_logdet[points])
     return out
 
 
-def points_by_slice(cache) -> list:
-    """Grid points of each slice: list of (points_s,) index arrays."""
-    order = np.argsort(cache.slice_of_point, kind="stable")
-    bounds = np.searchsorted(cache.slice_of_point[order], np.arange(cache.n_slices + 1))
-    return [order[bounds[s]:bounds[s + 1]] for s in range(cache.n_slices)]
-
-
-def columns_by_slice(cache, index) -> list:
-    """[(slice, columns)] for the slices used by the columns' grid points index (c,)."""
-    slices = cache.slice_of_point[index]
-    return [(int(s), np.flatnonzero(slices == s)) for s in np.unique(slices)]
-
-
 def apply_inverse(cache, index, values):
     """V(h_j)^-1 values[:, j] for every column j at grid point index[j]: T_s' W T_s. (n, c)."""
     out = np.empty_like(values)
-    for s, cols in columns_by_slice(cache, index):
+    for s, cols in cache.columns_by_slice(index):
         transform = cache.transform(s)
         white = matmul(transform, values[:, cols]) * cache.weights[index[cols]].T
         out[:, cols] = matmul(transform.T, white)
