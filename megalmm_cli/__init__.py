@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # Bumped whenever the layout of prepared.h5 or chain files changes incompatibly.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _single_threaded_blas_by_default() -> None:

@@ -6,16 +6,17 @@ from (run seed, chain number) and saved in every checkpoint, so a resumed chain 
 exactly as an uninterrupted one would.
 """
 
-import signal
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from .faults import kill_point, pause_point
 from .model import Model
 from .posterior import (RunningMoments, draw, genetic_and_expected, model_u_cells, random_effects,
                         random_effects_by_effect)
 from .sampler import gibbs_iteration, reorder_factors
+from .signals import StopRequested
 from .state import State, initial_state
 from .storage import Checkpoint
 
@@ -65,27 +66,6 @@ def chain_generators(seed: int, chain: int) -> tuple[np.random.Generator, np.ran
     return np.random.Generator(np.random.PCG64(chain_seq)), np.random.Generator(np.random.PCG64(pred_seq))
 
 
-class StopRequested:
-    """Turns SIGTERM / SIGINT into a flag checked between iterations."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 def _imputing(model: Model) -> list[bool]:
     return [g.miss_rows.size > 0 for g in model.groups]
 
@@ -103,6 +83,32 @@ def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elaps
         means[f"{name}.count"] = np.array(mom.count)
     rng_states = {"rng": state.rng.bit_generator.state, "pred_rng": state.pred_rng.bit_generator.state}
     return Checkpoint(state.iteration, n_draws, arrays, rng_states, means, elapsed)
+
+
+def checkpoint_bytes(model: Model, mean_names) -> int:
+    """Bytes of one checkpoint of the state (as to_checkpoint makes it) with running means
+    of `mean_names` (float64 throughout; the Generator states are not counted)."""
+    n, t, k, N = model.n, model.t, model.k, len(model.ids)
+    b1, b2 = model.x1_all.shape[1], model.x2_all.shape[1]
+    per_trait = b1 * t + 4 * k * t + 2 * t          # B1; Lambda, lambda_prec/phi/nu; prec, h2
+    per_factor = 2 * n * k + 3 * k + 4 * b2 * k + 2 * k + 2   # F, U_F_rot; ...; lambda_global
+    groups = sum(g.rows.size * g.cols.size * (3 if g.miss_rows.size else 1) for g in model.groups)
+    means = 0
+    for name in mean_names:
+        width = k if name in ("U_F", "F") else t
+        rows = n if name == "F" else N
+        means += 2 * rows * width + 1
+    if model.n_effects > 1 and "U" in mean_names:
+        means += 2 * model.n_effects * N * t + 1
+    return 8 * (per_trait + per_factor + groups + means)
+
+
+def chain_file_bytes(model: Model, sample_shapes: dict, capacity: int, dtype, mean_names) -> int:
+    """Size of a chain file: `capacity` draws of each sampled parameter in `dtype`, and two
+    checkpoint buffers of the state."""
+    itemsize = np.dtype(dtype).itemsize
+    draws = sum(int(np.prod(shape)) for shape in sample_shapes.values()) * capacity * itemsize
+    return draws + 2 * checkpoint_bytes(model, mean_names) + (1 << 16)
 
 
 def from_checkpoint(model: Model, cp: Checkpoint) -> tuple[State, dict]:
@@ -181,6 +187,8 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
             n_draws += 1
         if progress is not None:
             progress(it - start_iteration)
+        pause_point("sample:iteration")
+        kill_point("sample:iteration")
         stop_now = stop is not None and stop.signal is not None
         if it % plan.checkpoint_every == 0 or it == plan.total or stop_now:
             now = time.perf_counter()

@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .errors import UserError
+from .signals import StopSignal
 
 PIPELINE = ["simulate", "cv-split", "prepare", "sample", "predict", "summarize", "status", "repair"]
 
@@ -42,6 +43,10 @@ def _run(action, verbose: bool):
     except UserError as exc:
         click.echo(f"megalmm: error: {exc}", err=True)
         sys.exit(2)
+    except StopSignal as exc:
+        click.echo(f"megalmm: stopped by signal {exc.signum} before sampling started; nothing "
+                   "to save: re-run the same command to continue", err=True)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         click.echo("megalmm: interrupted", err=True)
         sys.exit(130)
@@ -256,10 +261,12 @@ def _bar(flag, desc, total=None, initial=0, unit="it"):
 @main.command()
 @click.argument("config", type=click.Path())
 @click.option("--chain", type=int, default=None,
-              help="Run only this chain (e.g. $SLURM_ARRAY_TASK_ID) [default: chains 1..mcmc.chains].")
+              help="Run only this chain, 1..mcmc.chains (e.g. $SLURM_ARRAY_TASK_ID) "
+                   "[default: chains 1..mcmc.chains, one after another].")
 @click.option("--iterations", type=int, default=None,
-              help="Iterations after burn-in for the chain [default: mcmc.samples]; "
-                   "a larger value extends a finished chain.")
+              help="Iterations after burn-in for the chain [default: the chain's recorded "
+                   "target, or mcmc.samples if larger]; recorded in the chain file, so a plain "
+                   "re-run continues towards it. A larger value extends a finished chain.")
 @click.option("--cache", "cache_mode", type=click.Choice(["auto", "memory", "disk"]), default="auto",
               show_default=True,
               help="Several random effects: hold the Grid-LMM cache in memory, or read it from "
@@ -271,8 +278,11 @@ def sample(config, chain, iterations, cache_mode, progress, verbose):
     """Run the Gibbs sampler; re-running resumes from the last checkpoint.
 
     Draws go to <output_dir>/chains/chain_<N>.h5 every mcmc.checkpoint_every iterations,
-    with the full state, so a killed run resumes exactly where it stopped. SIGTERM or
-    SIGINT (e.g. a SLURM time limit) write a checkpoint before exiting.
+    with the full state, so a run killed at any instant (even by SIGKILL) resumes exactly
+    where its last checkpoint left it. SIGTERM or SIGINT (e.g. a SLURM time limit) write a
+    checkpoint before exiting with 128 + the signal number. Before sampling starts, the
+    expected size of the chain file is printed, and sampling is refused (exit 2) when the
+    disk cannot hold it.
 
     \b
     Examples:
@@ -280,48 +290,55 @@ def sample(config, chain, iterations, cache_mode, progress, verbose):
       megalmm sample run.yaml --chain $SLURM_ARRAY_TASK_ID
       megalmm sample run.yaml --chain 1 --iterations 4000     # extend chain 1
     """
-    def action():
-        from .prepare import is_up_to_date, run_prepare
+    from .signals import StopRequested
 
-        cfg = _load(config)
-        if iterations is not None and iterations < 1:
-            raise UserError(f"--iterations: must be >= 1, got {iterations}")
-        if chain is not None and chain < 0:
-            raise UserError(f"--chain: must be >= 0, got {chain}")
-        if not is_up_to_date(cfg):
-            _echo("prepared.h5 is missing or out of date: running prepare first")
-            run_prepare(cfg, echo=_echo)
-        chains = [chain] if chain is not None else list(range(1, cfg.mcmc.chains + 1))
-        for number in chains:
-            code = _sample_chain(cfg, number, iterations, progress, cache_mode)
-            if code:
-                sys.exit(code)
+    with StopRequested() as stop:  # first of all: a signal during set-up ends the command
+        def action():
+            from .faults import pause_point
 
-    _run(action, verbose)
+            pause_point("sample:handlers_installed")
+            from .prepare import is_up_to_date, run_prepare
+            from .runinfo import check_chain_number
+
+            cfg = _load(config)
+            if iterations is not None and iterations < 1:
+                raise UserError(f"--iterations: must be >= 1, got {iterations}")
+            if chain is not None:
+                check_chain_number(cfg, chain)
+            if not is_up_to_date(cfg):
+                _echo("prepared.h5 is missing or out of date: running prepare first")
+                run_prepare(cfg, echo=_echo)
+            chains = [chain] if chain is not None else list(range(1, cfg.mcmc.chains + 1))
+            for number in chains:
+                code = _sample_chain(cfg, number, iterations, progress, cache_mode, stop)
+                if code:
+                    sys.exit(code)
+
+        _run(action, verbose)
 
 
-def _sample_chain(cfg, number, iterations, progress, cache_mode="auto") -> int:
-    from .chain import Plan
+def _sample_chain(cfg, number, iterations, progress, cache_mode, stop) -> int:
     from .lock import chain_lock
     from .runinfo import chain_path
 
-    plan = Plan(cfg.mcmc.burn_in, iterations if iterations is not None else cfg.mcmc.samples,
-                cfg.mcmc.thin, cfg.mcmc.reorder_every, cfg.mcmc.checkpoint_every)
     path = chain_path(cfg, number)
     path.parent.mkdir(parents=True, exist_ok=True)
     with chain_lock(path):  # taken before the chain file is created or resumed
-        return _sample_locked_chain(cfg, number, plan, path, progress, cache_mode)
+        return _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, stop)
 
 
-def _sample_locked_chain(cfg, number, plan, path, progress, cache_mode="auto") -> int:
+def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, stop) -> int:
     import numpy as np
 
-    from .chain import StopRequested, recorded_samples, run_chain
+    from .chain import Plan, chain_file_bytes, recorded_samples, run_chain
+    from .posterior import param_shape
     from .prepare import load_model
+    from .rawh5 import remove_stale_temporaries
     from .runinfo import sampling_hash
     from .storage import ChainFile
 
     storage = ChainFile(path)
+    remove_stale_temporaries(path)  # left by a writer killed while rewriting the file
     names = recorded_samples(cfg.posterior.samples, cfg.posterior.means)
     expected = sampling_hash(cfg)
     started = time.perf_counter()
@@ -331,42 +348,60 @@ def _sample_locked_chain(cfg, number, plan, path, progress, cache_mode="auto") -
                  else "read from disk one slice at a time")
         _echo(f"chain {number}: {model.n_effects} random effects ({', '.join(model.effect_names)}); "
               f"Grid-LMM cache {where}")
-    from .posterior import param_shape
-
+    recorded = 0
     if storage.exists():
         attrs = storage.attrs()
         if attrs.get("config_hash") != expected:
             raise UserError(
                 f"{path}: was sampled with a different config (data, model, priors, seed or "
-                "burn_in/thin/reorder_every changed); move it aside to start a new chain")
+                f"burn_in/thin/reorder_every changed); restore that config, or move {path} "
+                "aside (mv) to sample this chain anew")
         if attrs.get("numpy_version") != np.__version__:
             click.echo(f"megalmm: warning: {path} was written with numpy {attrs.get('numpy_version')}, "
                        f"this is numpy {np.__version__}: the resumed chain is valid but may not "
                        "repeat an uninterrupted one bit for bit", err=True)
-    else:
-        shapes = {name: param_shape(model, name) for name in names}
-        storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
-                        "burn_in": plan.burn_in, "thin": plan.thin},
-                       shapes, draws_per_chunk=max(1, plan.checkpoint_every // plan.thin))
-    done = int(storage.attrs()["iteration"])
-    if done >= plan.total:
-        _echo(f"chain {number} is complete ({done} iterations, {plan.draws(done)} draws in {path}); "
-              "use --iterations to extend it")
+        recorded = storage.progress().target
+    burn_in = cfg.mcmc.burn_in
+    target = (burn_in + iterations if iterations is not None
+              else max(recorded, burn_in + cfg.mcmc.samples))
+    plan = Plan(burn_in, target - burn_in, cfg.mcmc.thin, cfg.mcmc.reorder_every,
+                cfg.mcmc.checkpoint_every)
+    done = storage.progress() if storage.exists() else None
+    if done is not None and done.iteration >= target:
+        _echo(f"chain {number} is complete ({done.iteration} iterations, {done.n_draws} draws in "
+              f"{path}); use --iterations to extend it")
         return 0
+    shapes = {name: param_shape(model, name) for name in names}
+    capacity = max(plan.draws(target), done.n_draws if done is not None else 0)
+    dtype = cfg.posterior.dtype
+    size = chain_file_bytes(model, shapes, capacity, dtype, cfg.posterior.means)
+    _check_disk(path, size, done is not None and done.capacity != capacity)
+    _echo(f"chain {number}: chain file {_human(size)} ({capacity} draws of "
+          f"{', '.join(shapes)} as {dtype}, two checkpoints of the state) in {path}")
+    if done is None:
+        storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
+                        "burn_in": plan.burn_in, "thin": plan.thin}, shapes, capacity, dtype, target)
+    else:
+        storage.set_target(target, capacity)
+    at = done.iteration if done is not None else 0
     setup = time.perf_counter() - started
-    bar = _bar(progress, f"chain {number}", total=plan.total, initial=done)
-    verb = "resuming" if done else "starting"
-    _echo(f"chain {number}: {verb} at iteration {done} of {plan.total} "
+    bar = _bar(progress, f"chain {number}", total=plan.total, initial=at)
+    verb = "resuming" if at else "starting"
+    _echo(f"chain {number}: {verb} at iteration {at} of {plan.total} "
           f"(burn-in {plan.burn_in}, thin {plan.thin}); set-up {setup:.1f} s")
-    with StopRequested() as stop:
-        try:
-            result = run_chain(model, storage, plan, names, cfg.posterior.means,
-                               cfg.run.seed, number,
-                               progress=(lambda i: bar.update_to(done + i)) if bar is not None else None,
-                               stop=stop)
-        finally:
-            if bar is not None:
-                bar.close()
+    stop.sampling = True
+    try:
+        result = run_chain(model, storage, plan, names, cfg.posterior.means,
+                           cfg.run.seed, number,
+                           progress=(lambda i: bar.update_to(at + i)) if bar is not None else None,
+                           stop=stop)
+    finally:
+        stop.sampling = False
+        if bar is not None:
+            bar.close()
+    if storage.fell_back:
+        click.echo(f"megalmm: warning: {path}: {storage.fell_back}; resumed from the checkpoint "
+                   "before it (the chain is the same, some iterations were run again)", err=True)
     rest = max(1, result.iterations_done - 1)
     per_iter = (result.seconds - result.first_seconds) / rest if result.iterations_done > 1 else result.seconds
     if result.interrupted_by is not None:
@@ -377,6 +412,30 @@ def _sample_locked_chain(cfg, number, plan, path, progress, cache_mode="auto") -
           f"({per_iter:.4f} s/iteration; the first, with compilation, {result.first_seconds:.1f} s), "
           f"{result.n_draws} draws in {path}")
     return 0
+
+
+def _human(size: float) -> str:
+    from .prepare import human_bytes
+
+    return human_bytes(size)
+
+
+def _check_disk(path, size: int, rewrite: bool) -> None:
+    """Refuse to sample when the chain file will not fit on its disk. A chain file being
+    resized is written anew beside the old one; otherwise only the part not yet on disk
+    (its draws are allocated but written as sampling goes) is needed."""
+    import shutil
+
+    on_disk = 0
+    if path.exists() and not rewrite:
+        on_disk = path.stat().st_blocks * 512
+    need = max(0, size - on_disk)
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise UserError(
+            f"{path}: the chain file needs {_human(need)} more but {path.parent} has {_human(free)} "
+            "free; free disk space, store fewer draws (raise mcmc.thin, or drop large "
+            "parameters from posterior.samples), or set posterior.dtype: float32")
 
 
 @main.command()
@@ -461,11 +520,13 @@ def status(config, verbose):
 @click.option("--chain", type=int, default=None, help="Repair only this chain [default: every chain].")
 @verbose_option
 def repair(config, chain, verbose):
-    """Check chain files and rewrite damaged ones with every intact checkpointed draw.
+    """Check chain files and rewrite damaged ones from their newest intact checkpoint.
 
-    A damaged file (a crash or a full disk in the middle of a write, a bad disk block) is
-    kept beside the repaired one as chain_<N>.h5.damaged; `sample` then resumes from the
-    kept checkpoint.
+    A kill at any instant never needs this: `sample` resumes by itself, and also skips a
+    damaged newest checkpoint for the one before it. `repair` is for damage from other
+    causes (a bad disk block, a torn write after a power cut): it rewrites the chain into a
+    fresh file from the newest intact checkpoint and keeps the damaged file beside it as
+    chain_<N>.h5.damaged; `sample` then resumes from the kept checkpoint.
 
     \b
     Example:
@@ -483,20 +544,17 @@ def repair(config, chain, verbose):
         for path in paths:
             with chain_lock(path):
                 store = ChainFile(path)
-                kept, readable = store.recoverable()
-                stored = int(store.attrs().get("n_draws", 0))
-                if kept is not None and kept.n_draws == stored and all(
-                        n >= stored for n in readable.values()):
-                    try:
-                        store.load()
-                        _echo(f"{path}: intact ({stored} draws, iteration {kept.iteration})")
-                        continue
-                    except UserError:
-                        pass
+                stored = store.progress().n_draws
+                intact, kept, problem = store.check()
+                if intact:
+                    _echo(f"{path}: intact ({stored} draws, iteration "
+                          f"{kept.iteration if kept is not None else 0})")
+                    continue
                 kept, damaged = store.repair()
-                _echo(f"{path}: repaired: kept {kept.n_draws} draws up to iteration {kept.iteration} "
-                      f"({stored - kept.n_draws} later draws lost); the damaged file is {damaged}; "
-                      "re-run `megalmm sample` to continue")
+                _echo(f"{path}: repaired ({problem}): kept {kept.n_draws} draws up to iteration "
+                      f"{kept.iteration} ({stored - kept.n_draws} later draws dropped, they are "
+                      f"sampled again); the damaged file is {damaged}; re-run `megalmm sample` "
+                      "to continue")
 
     _run(action, verbose)
 

@@ -163,6 +163,7 @@ class McmcConfig:
 class PosteriorConfig:
     samples: tuple[str, ...] = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1")
     means: tuple[str, ...] = ("U", "eta_hat")
+    dtype: str = "float64"        # type of the stored draws (the checkpointed state is float64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -634,6 +635,7 @@ def _parse_posterior(ck: _Checker, raw) -> PosteriorConfig:
     return _build(ck, PosteriorConfig, raw, "posterior", {
         "samples": partial(ck.text_list, choices=POSTERIOR_SAMPLES),
         "means": partial(ck.text_list, choices=POSTERIOR_MEANS),
+        "dtype": partial(ck.choice, choices=("float32", "float64")),
     })
 
 

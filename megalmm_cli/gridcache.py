@@ -44,7 +44,7 @@ class GridCache:
 
     @property
     def n_slices(self) -> int:
-        return int(self.transforms.shape[0])
+        return int(self.slice_of_point.max()) + 1
 
     def transform(self, s: int) -> np.ndarray:
         return np.asarray(self.transforms[s])
@@ -125,23 +125,25 @@ def effect_roots(blocks) -> np.ndarray:
 def build_cache(blocks, grid: np.ndarray, store=None, progress=None) -> GridCache:
     """The cache of one group from its m blocks B_r (n, n) and the (G, m) grid.
 
-    store: optional cachefile.SliceStore (writable `transforms` (S, n, n), is_done / lam /
-    logdet / finish per slice, save_roots) to stream the slices to disk and resume an
-    interrupted build; else everything is built in memory.
+    store: optional cachefile.SliceStore (is_done / lam / logdet / write_slice per slice,
+    save_roots) to stream the slices to disk and resume an interrupted build; the returned
+    cache then holds no transforms (sample reads them from the file). Else everything is
+    built in memory.
     """
     slice_of_point, rests = grid_slices(grid)
     n_slices, n = rests.shape[0], blocks[0].shape[0]
     lams = np.empty((n_slices, n))
     logdet_a = np.empty(n_slices)
-    transforms = store.transforms if store is not None else np.empty((n_slices, n, n))
+    transforms = np.empty((n_slices, n, n)) if store is None else None
     for s in range(n_slices):
         if store is not None and store.is_done(s):
             lams[s], logdet_a[s] = store.lam(s), store.logdet(s)
         else:
             transform, lams[s], logdet_a[s] = slice_transform(blocks, rests[s])
-            transforms[s] = transform
-            if store is not None:
-                store.finish(s, lams[s], logdet_a[s])
+            if store is None:
+                transforms[s] = transform
+            else:
+                store.write_slice(s, transform, lams[s], logdet_a[s])
         if progress is not None:
             progress(s + 1, n_slices)
     weights, half_logdet = point_weights(grid, slice_of_point, lams, logdet_a)

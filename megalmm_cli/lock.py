@@ -1,7 +1,8 @@
-"""One `megalmm sample` per chain: a lock file next to the chain file.
+"""One `megalmm sample` per chain (and one `prepare` per run): a lock file next to the file.
 
-chains/chain_N.h5.lock is created atomically (O_CREAT | O_EXCL) and holds JSON with the
-holder's host, pid, start time and command. A lock left by a dead process on this host is
+chains/chain_N.h5.lock (prepared.h5.lock) is created atomically, content included (a hard
+link to a file already written), and holds JSON with the holder's host, pid, start time and
+command. A lock left by a dead process on this host is
 stale and taken over with a warning; a lock from another host is never judged stale
 automatically (its pid cannot be checked from here): the user deletes it if that job is dead.
 """
@@ -56,13 +57,34 @@ def describe(info: dict) -> str:
 
 
 def _create(lock: Path, info: dict) -> bool:
+    """Create the lock with its content in one step: the JSON is written to a file of this
+    process, which is then hard-linked to the lock's name (atomic, and refused when the lock
+    exists), so a process killed at any instant never leaves an empty lock behind."""
+    mine = lock.with_name(f"{lock.name}.new.{os.getpid()}")
+    mine.write_text(json.dumps(info))
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(mine, lock)
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    return True
+    except OSError:  # a file system without hard links: exclusive create, then write
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        return True
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def _remove_leftovers(lock: Path) -> None:
+    """Files of lock-taking processes that were killed half-way (their pid is gone)."""
+    for path in lock.parent.glob(f"{lock.name}.*"):
+        pid = path.name.rsplit(".", 1)[-1]
+        if path.name.split(".")[-2] in ("new", "stale") and pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
 
 
 def _take_over(lock: Path, seen: str) -> None:
@@ -81,27 +103,30 @@ def _take_over(lock: Path, seen: str) -> None:
 
 
 @contextmanager
-def chain_lock(chain_file):
-    """Hold the chain file's lock for the block; UserError when another process holds it."""
+def chain_lock(chain_file, wait: bool = False, what: str = "sampled"):
+    """Hold the file's lock for the block. When another live process holds it: a UserError,
+    or with `wait`, wait for it (saying so once)."""
     chain_file = Path(chain_file)
     lock = lock_path(chain_file)
     mine = {"host": socket.gethostname(), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "command": " ".join(sys.argv)}
-    for _ in range(3):
+    _remove_leftovers(lock)
+    attempts, told = 0, False
+    while True:
+        attempts += 1
         if _create(lock, mine):
             break
+        if attempts > 3 and not wait:
+            raise UserError(f"{chain_file}: could not take its lock {lock}; try again")
         try:
             seen = lock.read_text()
         except FileNotFoundError:
             continue
-        if not seen:  # being written by a process that has just created it
-            time.sleep(0.2)
-            continue
         info = read_lock(chain_file)
         if info == {}:
             raise UserError(f"{chain_file}: its lock file {lock} is unreadable; if no megalmm "
-                            "sample is running on this chain, delete the lock file")
+                            "is running on it, delete the lock file")
         if info is None:
             continue
         if is_stale(info):
@@ -109,16 +134,26 @@ def chain_lock(chain_file):
                   f"({describe(info)}: that process no longer exists)", file=sys.stderr)
             _take_over(lock, seen)
             continue
+        if wait:
+            if not told:
+                print(f"megalmm: waiting for {describe(info)}, which holds {lock}", file=sys.stderr)
+                told = True
+            time.sleep(1.0)
+            continue
         if info.get("host") != socket.gethostname():
             raise UserError(
-                f"{chain_file} is being sampled by {describe(info)}; wait for it or stop it "
+                f"{chain_file} is being {what} by {describe(info)}; wait for it or stop it "
                 f"(a lock from another host is never treated as stale: if that job is dead, "
                 f"delete {lock})")
-        raise UserError(f"{chain_file} is being sampled by {describe(info)}; wait for it or stop it")
-    else:
-        raise UserError(f"{chain_file}: could not take its lock {lock}; try again")
+        raise UserError(f"{chain_file} is being {what} by {describe(info)}; wait for it or stop it")
     try:
         yield
     finally:
         if read_lock(chain_file) == mine:
             lock.unlink(missing_ok=True)
+
+
+def prepare_lock(prepared_file):
+    """One `prepare` at a time per output directory; a second one waits for the first
+    (SLURM array tasks that all start with `megalmm prepare`)."""
+    return chain_lock(prepared_file, wait=True, what="prepared")

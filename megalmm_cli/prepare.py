@@ -7,9 +7,7 @@ later run could mistake for a finished one.
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +18,11 @@ from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict
 from .data import align_individuals, load_covariates, load_kinship, load_phenotypes, load_test_cells
 from .design import fixed_design, formula_variables, level_kinship, missing_data_groups
+from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
-from .cachefile import (CACHE_NAME, SliceStore, fingerprint, open_for_writing, read_cache,
-                        read_stamp, set_stamp)
-from .gridcache import build_cache, cache_bytes, grid_point_count, grid_slices, slice_count
+from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count
+from .lock import prepare_lock
+from .rawh5 import install, remove_stale_temporaries, temporary_path
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
 
@@ -213,16 +212,28 @@ def check_cache_size(config: Config, size: int, limit: int, directory: Path, gro
                         f"{directory} has {human_bytes(free)} free; {fix}, or free disk space")
 
 
-def disk_cache_builder(h5, progress):
+def cache_layout(inputs: Inputs, groups, train: np.ndarray, grid: np.ndarray) -> list:
+    """The caches grid_cache.h5 holds: the factors' (every training row) and one per
+    missing-data group with fewer rows, each with the fingerprint of its inputs."""
+    train_idx = np.flatnonzero(train)
+
+    def group(key, rows):
+        idx = train_idx[rows]
+        blocks = [None if K is None else K[np.ix_(idx, idx)] for K in inputs.kinships]
+        return CacheGroup(key, rows.size, fingerprint(blocks, grid))
+
+    layout = [group("factors", np.arange(train_idx.size))]
+    layout += [group(str(gi), g.rows) for gi, g in enumerate(groups) if g.rows.size != train_idx.size]
+    return layout
+
+
+def disk_cache_builder(cache: CacheFile, progress):
     """cache_builder for build_model that streams every slice into grid_cache.h5 (resumable)."""
     def build(key, blocks, grid):
-        slice_of_point, rests = grid_slices(grid)
-        store = SliceStore.open(h5, str(key), rests.shape[0], blocks[0].shape[0], len(blocks),
-                                fingerprint(blocks, grid))
         label = "factors" if key == "factors" else f"group {key}"
         step = None if progress is None else (
             lambda i, total: progress(i, total, f"prepare: cache of {label} (slices)"))
-        return build_cache(blocks, grid, store=store, progress=step)
+        return build_cache(blocks, grid, store=cache.store(str(key)), progress=step)
     return build
 
 
@@ -255,20 +266,20 @@ def is_up_to_date(config: Config) -> bool:
             current = (f.attrs.get("format_version") == FORMAT_VERSION
                        and f.attrs.get("config_hash") == prepare_hash(config))
             several = int(f.attrs.get("n_effects", 1)) > 1
-            cache_stamp = f.attrs.get("cache_stamp", "")
-        # several effects: grid_cache.h5 must be the one this prepared.h5 was written with
+            cache_stamp = str(f.attrs.get("cache_stamp", ""))
+        # several effects: grid_cache.h5 must be whole and of the layout prepared.h5 names
         return current and (not several or (bool(cache_stamp)
-                                             and read_stamp(path.parent / CACHE_NAME) == cache_stamp))
+                                             and is_complete(path.parent / CACHE_NAME, cache_stamp)))
     except OSError:
         return False
 
 
 def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str,
                    cache_stamp: str = "") -> None:
-    """Write prepared.h5 atomically (temporary file, then rename). cache_stamp: the stamp
-    that grid_cache.h5 gets once prepared.h5 is in place (several random effects)."""
+    """Write prepared.h5 atomically (temporary file, then rename). cache_stamp: the layout
+    hash of the grid_cache.h5 it goes with (several random effects)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
@@ -305,8 +316,7 @@ def write_prepared(path: Path, model: Model, inputs: Inputs, config_hash: str,
         tc.create_dataset("rows", data=old_to_new[inputs.test_rows] if inputs.test_rows.size else inputs.test_rows)
         tc.create_dataset("cols", data=inputs.test_cols)
         tc.create_dataset("values", data=inputs.test_values)
-        f.flush()
-    os.replace(tmp, path)
+    install(tmp, path, "prepare:before_rename")
 
 
 def _write_rotation(group, rot: Rotation) -> None:
@@ -435,12 +445,28 @@ def read_test_cells(config: Config) -> tuple[tuple, tuple, np.ndarray, np.ndarra
 
 def run_prepare(config: Config, force: bool = False, max_memory: int | None = None,
                 progress=None, echo=print) -> bool:
-    """Build prepared.h5 unless it is up to date. Returns True when work was done."""
+    """Build prepared.h5 unless it is up to date. Returns True when work was done.
+
+    One prepare at a time per output directory (a second one waits for the first, then
+    finds the files up to date). A prepare killed at any instant leaves the previous
+    prepared.h5 whole, and the Grid-LMM cache keeps every slice it finished.
+    """
     path = prepared_path(config)
     if not force and is_up_to_date(config):
         echo(f"{path} is up to date with {config.path.name}; nothing to do (--force rebuilds)")
         return False
-    inputs = load_inputs(config)
+    inputs = load_inputs(config)  # every input is checked before anything is written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with prepare_lock(path):
+        if not force and is_up_to_date(config):  # another prepare finished it meanwhile
+            echo(f"{path} is up to date with {config.path.name}; nothing to do (--force rebuilds)")
+            return False
+        remove_stale_temporaries(path)
+        _prepare(config, inputs, path, max_memory, progress, echo)
+    return True
+
+
+def _prepare(config: Config, inputs: Inputs, path: Path, max_memory, progress, echo) -> None:
     n_all, t = inputs.values.shape
     observed = ~np.isnan(inputs.values)
     train = observed.any(axis=1)
@@ -460,34 +486,28 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
             "(fewer groups hold fewer rotations)"
         )
     cache_path = path.parent / CACHE_NAME
+    cache = None
     if n_effects > 1:
         check_cache_size(config, cache_size(int(train.sum()), group_rows, n_effects,
                                             config.model.h2_divisions),
                          limit, path.parent, group_rows, n_effects, echo)
-    priors = priors_from_config(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cache_file = open_for_writing(cache_path, prepare_hash(config)) if n_effects > 1 else None
-    try:
-        model = build_model(
-            inputs.ids, inputs.traits, inputs.values, list(inputs.kinships), inputs.x1,
-            inputs.x1_names, inputs.x2, config.model.factors, config.model.h2_divisions, priors,
-            trait_groups=groups, scale_y=config.model.scale_y,
-            resid_h2_prior=config.priors.h2_prior.resid,
-            factor_h2_prior=config.priors.h2_prior.factors,
-            progress=None if progress is None else (lambda i, n: progress(i, n, "prepare: groups")),
-            effect_names=inputs.effect_names,
-            cache_builder=disk_cache_builder(cache_file, progress) if cache_file else memory_cache,
-        )
-    finally:
-        if cache_file is not None:
-            cache_file.close()
+        grid = h2_grid(n_effects, config.model.h2_divisions)
+        cache = CacheFile.for_layout(cache_path, cache_layout(inputs, groups, train, grid),
+                                     slice_count(n_effects, config.model.h2_divisions), n_effects)
+    model = build_model(
+        inputs.ids, inputs.traits, inputs.values, list(inputs.kinships), inputs.x1,
+        inputs.x1_names, inputs.x2, config.model.factors, config.model.h2_divisions,
+        priors_from_config(config), trait_groups=groups, scale_y=config.model.scale_y,
+        resid_h2_prior=config.priors.h2_prior.resid,
+        factor_h2_prior=config.priors.h2_prior.factors,
+        progress=None if progress is None else (lambda i, n: progress(i, n, "prepare: groups")),
+        effect_names=inputs.effect_names,
+        cache_builder=disk_cache_builder(cache, progress) if cache is not None else memory_cache,
+    )
+    write_prepared(path, model, inputs, prepare_hash(config),
+                   cache.layout_hash if cache is not None else "")
     if n_effects == 1 and cache_path.exists():  # left by an earlier config with several effects
         cache_path.unlink()
-    stamp = uuid.uuid4().hex if n_effects > 1 else ""
-    write_prepared(path, model, inputs, prepare_hash(config), stamp)
-    if n_effects > 1:  # the cache now belongs to this prepared.h5
-        set_stamp(cache_path, stamp)
     imputed = sum(int(g.miss_rows.size) for g in model.groups)
     echo(f"wrote {path}: {len(model.groups)} missing-data group(s), {imputed} imputed cells, "
          f"{model.n_train} training rows, fixed effects: {', '.join(model.x1_names)}")
-    return True

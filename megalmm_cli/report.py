@@ -230,16 +230,16 @@ def data_facts(prepared) -> dict:
 
 
 def chain_facts(paths) -> list:
-    """Per chain: number, iterations, saved draws and sampling seconds, from the chain attrs."""
+    """Per chain: number, iterations, saved draws and sampling seconds, from the chain files."""
     from .storage import ChainFile
 
     facts = []
     for path in paths:
-        attrs = ChainFile(path).attrs()
-        facts.append({"chain": int(attrs.get("chain", len(facts) + 1)),
-                      "iteration": int(attrs.get("iteration", 0)),
-                      "n_draws": int(attrs.get("n_draws", 0)),
-                      "elapsed_seconds": float(attrs.get("elapsed_seconds", 0.0))})
+        chain = ChainFile(path)
+        progress = chain.progress()
+        facts.append({"chain": int(chain.attrs().get("chain", len(facts) + 1)),
+                      "iteration": progress.iteration, "n_draws": progress.n_draws,
+                      "elapsed_seconds": progress.elapsed})
     return facts
 
 

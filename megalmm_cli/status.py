@@ -46,15 +46,17 @@ def chain_status(config: Config) -> list[dict]:
         row = {"chain": number, "iteration": 0, "planned": configured, "n_draws": 0,
                "checkpoint": None, "seconds_per_iteration": None, "process": _holder(path)}
         if path.exists():
+            chain = ChainFile(path)
             try:
-                attrs = ChainFile(path).attrs()
-            except UserError:  # being written right now, or damaged
+                progress = chain.progress()
+                state = chain.load() if progress.iteration else None
+            except UserError:  # damaged, or of another megalmm version
                 row["iteration"] = row["n_draws"] = None
             else:
-                done = int(attrs.get("iteration", 0))
-                row["iteration"], row["n_draws"] = done, int(attrs.get("n_draws", 0))
-                row["planned"] = max(configured, int(attrs.get("target", 0)), done)
-                elapsed = float(attrs.get("elapsed_seconds", 0.0))
+                done = progress.iteration
+                row["iteration"], row["n_draws"] = done, progress.n_draws
+                row["planned"] = max(progress.target or configured, done)
+                elapsed = state.elapsed if state is not None else 0.0
                 if done > 0 and elapsed > 0:
                     row["seconds_per_iteration"] = elapsed / done
             row["checkpoint"] = datetime.fromtimestamp(

@@ -1,25 +1,49 @@
-"""Posterior storage: an HDF5 chain file (and an in-memory twin for tests).
+"""Posterior storage: a chain's HDF5 file, safe against a kill at any instant (and an
+in-memory twin for tests).
 
-Layout of chains/chain_<N>.h5:
+Layout of chains/chain_<N>.h5 (docs/outputs.md shows how to read it):
     attrs                 format_version, package_version, numpy_version, config_hash, chain,
-                          n_draws, iteration, active (which state buffer is current)
-    /samples/<param>      (draw, ...) chunked, resizable, gzip
-    /state_a, /state_b    two checkpoint buffers: parameters, Generator states, running means
+                          seed, burn_in, thin, capacity (rows of /samples), state_signature
+    /commit               int64 (8,): magic, seq, active buffer (0 none, 1 state_a, 2 state_b),
+                          iteration, n_draws, target iterations, capacity, CRC32
+    /samples/<param>      (capacity, ...) the draws; rows [0, n_draws) are committed
+    /state_a, /state_b    two checkpoint buffers, each: arrays/<name>[/<group>] (the sampler
+                          state), means/<name> (running means), rng (Generator states as JSON
+                          bytes), crc (CRC32 of each part), header (magic, seq, iteration,
+                          n_draws, elapsed microseconds, JSON length, CRC of crc, CRC)
 
-A checkpoint appends the new draws beyond the committed count, writes the inactive state
-buffer, and only then updates n_draws / iteration / active, so an interrupted write leaves
-the previous checkpoint intact; on resume, draws beyond n_draws are discarded.
+The file is created whole (rawh5: every dataset allocated, then an atomic rename) and from
+then on changed only by pwrite into those datasets. A checkpoint writes the new draws into
+rows beyond n_draws, then the whole state into the inactive buffer (its header last), then
+the commit record: killed anywhere before the commit record, the previous checkpoint stays
+the committed one, and its draws are untouched. A buffer whose checksums fail (a torn write
+after a power cut, a bad block) is skipped for the other one, which resumes the same chain
+exactly. Changing the number of rows or the state's shapes rewrites the file under a
+temporary name and renames it over the old one.
 """
 
 import json
 import os
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h5py
 import numpy as np
 
 from . import FORMAT_VERSION, __version__
 from .errors import UserError
+from .faults import kill_point
+from .rawh5 import (Marker, contiguous_dataset, dataset_offset, install, read_at,
+                    remove_stale_temporaries, temporary_path, write_at)
+
+MAGIC = 0x6D65_676C_6D6D_0001
+COMMIT = Marker(8)     # magic, seq, active, iteration, n_draws, target, capacity | crc
+HEADER = Marker(8)     # magic, seq, iteration, n_draws, elapsed_us, rng_len, crc of crc | crc
+BUFFERS = ("state_a", "state_b")
+RNG_BYTES = 16384
+COPY_BYTES = 1 << 26   # rows copied at a time when a file is rewritten
 
 
 @dataclass
@@ -34,15 +58,28 @@ class Checkpoint:
     elapsed: float = 0.0
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a chain stands: its committed checkpoint and the target it samples towards."""
+
+    iteration: int
+    n_draws: int
+    target: int            # iterations to reach (0: not recorded)
+    capacity: int          # rows of /samples
+    elapsed: float = 0.0   # seconds of sampling up to the checkpoint
+
+
 @dataclass
 class MemoryChain:
     """In-memory storage with the same interface as ChainFile (for tests)."""
 
     samples: dict = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
+    dtype: str = "f8"
 
     def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
         for name, values in slab.items():
+            values = np.asarray(values, dtype=self.dtype)
             old = self.samples.get(name)
             self.samples[name] = values.copy() if old is None else np.concatenate([old, values])
         self.checkpoint = _copy_checkpoint(checkpoint)
@@ -60,254 +97,528 @@ def _copy_checkpoint(cp: Checkpoint) -> Checkpoint:
                       cp.elapsed)
 
 
+# ------------------------------------------------------------------ checkpoint <-> flat parts
+
+
+def _flatten(cp: Checkpoint) -> dict:
+    """path -> array for every part of a checkpoint's state, in a fixed order."""
+    parts = {}
+    for name in sorted(cp.arrays):
+        value = cp.arrays[name]
+        if isinstance(value, list):
+            for i, arr in enumerate(value):
+                parts[f"arrays/{name}/{i}"] = np.asarray(arr)
+        else:
+            parts[f"arrays/{name}"] = np.asarray(value)
+    for name in sorted(cp.means):
+        parts[f"means/{name}"] = np.asarray(cp.means[name])
+    return parts
+
+
+def _signature(parts: dict) -> str:
+    """The shapes and types of a state's parts (buffers are allocated for exactly these)."""
+    lists = sorted({p.rsplit("/", 1)[0] for p in parts if p.count("/") == 2})
+    return json.dumps({"parts": [[p, list(a.shape), np.dtype(a.dtype).newbyteorder("<").str]
+                                 for p, a in parts.items()], "lists": lists})
+
+
+def _unflatten(parts: dict, lists) -> tuple[dict, dict]:
+    arrays, means = {}, {}
+    for path, arr in parts.items():
+        kind, rest = path.split("/", 1)
+        if kind == "means":
+            means[rest] = arr
+        elif f"arrays/{rest.split('/')[0]}" in lists:
+            arrays.setdefault(rest.split("/")[0], []).append(arr)
+        else:
+            arrays[rest] = arr
+    return arrays, means
+
+
+def _stored_shape(shape) -> tuple:
+    return tuple(shape) if len(shape) else (1,)   # HDF5 allocates no storage for scalars
+
+
 class ChainFile:
-    """One chain's HDF5 file."""
+    """One chain's HDF5 file (see the module docstring for the layout and write protocol)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self._layout = None          # offsets of the datasets, read once per file version
+        self._layout_inode = None
+        self._current = None         # the state the chain continues from (after load/commit)
+        self.fell_back = None        # why the newest checkpoint was skipped, if it was
 
     # -- creation -----------------------------------------------------------------------
-    def create(self, attrs: dict, sample_shapes: dict, draws_per_chunk: int) -> None:
-        """Write an empty chain file (atomically: temporary name, then rename)."""
-        tmp = self.path + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({
-                "format_version": FORMAT_VERSION, "package_version": __version__,
-                "numpy_version": np.__version__, "n_draws": 0, "iteration": 0, "active": "",
-                "elapsed_seconds": 0.0,
-            })
+    def create(self, attrs: dict, sample_shapes: dict, capacity: int, dtype="f8",
+               target: int = 0) -> None:
+        """Write an empty chain file (atomically: temporary name, then rename).
+
+        sample_shapes: name -> shape of one draw; capacity: rows of each /samples dataset;
+        dtype: the draws' type (float32 or float64); target: iterations the chain aims at.
+        """
+        remove_stale_temporaries(Path(self.path))
+        tmp = temporary_path(Path(self.path))
+        attrs = dict(attrs)
+        attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
+                      "numpy_version": np.__version__})
+        self._build(tmp, attrs, sample_shapes, capacity, np.dtype(dtype), signature="")
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            layout = _read_layout(tmp)
+            write_at(fd, layout.offsets["commit"], COMMIT.pack([MAGIC, 0, 0, 0, 0, target, capacity]))
+        finally:
+            os.close(fd)
+        install(tmp, Path(self.path), "create:before_rename")
+        self._layout = self._current = None
+
+    @staticmethod
+    def _build(path, attrs: dict, sample_shapes: dict, capacity: int, dtype, signature: str) -> None:
+        """An HDF5 file with every dataset allocated: the commit record, two state buffers
+        for parts of the given signature, and the /samples datasets."""
+        with h5py.File(path, "w") as f:
             f.attrs.update(attrs)
+            f.attrs["capacity"] = capacity
+            f.attrs["state_signature"] = signature
+            contiguous_dataset(f, "commit", (COMMIT.width,), "<i8")
+            if signature:
+                sig = json.loads(signature)
+                for buffer in BUFFERS:
+                    group = f.create_group(buffer)
+                    contiguous_dataset(group, "header", (HEADER.width,), "<i8")
+                    contiguous_dataset(group, "crc", (len(sig["parts"]) + 1,), "<i8")
+                    contiguous_dataset(group, "rng", (RNG_BYTES,), "u1")
+                    for path, shape, part_dtype in sig["parts"]:
+                        contiguous_dataset(group, path, _stored_shape(shape), part_dtype)
             samples = f.create_group("samples")
-            for name, shape in sample_shapes.items():
-                per_draw = max(1, int(np.prod(shape)))
-                chunk_draws = max(1, min(draws_per_chunk, (1 << 20) // (8 * per_draw)))
-                samples.create_dataset(
-                    name, shape=(0, *shape), maxshape=(None, *shape), dtype="f8",
-                    chunks=(chunk_draws, *shape) if per_draw * chunk_draws > 0 else None,
-                    compression="gzip", compression_opts=1, shuffle=True,
-                )
-        os.replace(tmp, self.path)
+            for name in sorted(sample_shapes):
+                contiguous_dataset(samples, name, (capacity, *sample_shapes[name]),
+                                   np.dtype(dtype).newbyteorder("<"))
 
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
-    def sample_names(self) -> list:
-        """Names of the sampled parameters this file has datasets for."""
-        with self._open("r") as f:
-            return list(f["samples"].keys()) if "samples" in f else []
-
-    def attrs(self) -> dict:
-        with self._open("r") as f:
-            return dict(f.attrs)
-
-    def _open(self, mode):
+    def _open(self, mode="r"):
         try:
             return h5py.File(self.path, mode)
         except OSError as exc:
             raise UserError(
-                f"{self.path}: cannot open the chain file ({exc}); if it is corrupted (truncated "
-                "by a crash or a full disk), move it aside to start this chain again"
+                f"{self.path}: cannot open the chain file ({exc}); if it is corrupted (truncated, "
+                "or damaged on disk), move it aside to start this chain again"
             ) from None
+
+    def sample_names(self) -> list:
+        """Names of the sampled parameters this file has datasets for."""
+        with self._open() as f:
+            return list(f["samples"].keys()) if "samples" in f else []
+
+    def attrs(self) -> dict:
+        with self._open() as f:
+            return dict(f.attrs)
+
+    def layout(self):
+        """Offsets of the file's datasets, read again whenever the file was replaced."""
+        inode = os.stat(self.path).st_ino if self.exists() else None
+        if self._layout is None or self._layout_inode != inode:
+            with self._open() as f:
+                version = f.attrs.get("format_version")
+            if version != FORMAT_VERSION:
+                raise UserError(
+                    f"{self.path}: was written by another megalmm version (chain format {version}, "
+                    f"this megalmm writes {FORMAT_VERSION}); finish it with that version, or move "
+                    "it aside to sample this chain anew")
+            self._layout = _read_layout(self.path)
+            self._layout_inode = inode
+        return self._layout
+
+    @contextmanager
+    def _reader(self):
+        """(fd, layout) of the same version of the file, though another process may rename
+        a rewritten file over it at any moment."""
+        while True:
+            with open(self.path, "rb") as raw:
+                layout = self.layout()
+                if os.fstat(raw.fileno()).st_ino == self._layout_inode:
+                    yield raw.fileno(), layout
+                    return
+
+    # -- progress -------------------------------------------------------------------------
+    def progress(self) -> Progress:
+        """The committed iteration and draws (from the commit record, or from the newest
+        intact buffer header when the record is torn), the target and the sampling time."""
+        with self._reader() as (fd, layout):
+            commit = _commit_record(fd, layout)
+            active = int(commit[2])
+            header = _header(fd, layout, BUFFERS[active - 1]) if active else None
+        elapsed = int(header[4]) / 1e6 if header is not None and header[1] == commit[1] else 0.0
+        return Progress(int(commit[3]), int(commit[4]), int(commit[5]), int(commit[6]), elapsed)
+
+    def set_target(self, target: int, capacity: int) -> None:
+        """Record the iterations this chain samples towards; resize /samples to `capacity`
+        rows (a rewrite of the file) when that differs from what it has."""
+        progress = self.progress()
+        if capacity < progress.n_draws:
+            raise ValueError("capacity below the committed draws")
+        if capacity != progress.capacity:
+            self._rewrite(capacity=capacity, target=target)
+        elif target != progress.target:
+            self._write_commit_record(target=target)
 
     # -- checkpoints ----------------------------------------------------------------------
     def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
-        """Append draws and write a checkpoint; the commit marker attributes are written last.
+        """Append draws and write a checkpoint; the commit record is written last.
 
-        A failed write (disk full, permissions, quota) leaves the previous checkpoint as the
-        committed one and is reported as a UserError saying so.
+        The draws of `slab` are the last rows of checkpoint.n_draws. A failed write (disk
+        full, permissions, quota) leaves the previous checkpoint as the committed one and is
+        reported as a UserError saying so.
         """
-        previous = None
+        current = self._current
         try:
-            with self._open("r+") as f:
-                previous = int(f.attrs["iteration"])
-                self._write_checkpoint(f, slab, checkpoint)
+            if current is None:
+                current = self._newest_state(read_parts=False)
+            parts = _flatten(checkpoint)
+            if _signature(parts) != self.layout().signature:
+                self._rewrite(slab=slab, checkpoint=checkpoint, current=current)
+            else:
+                self._commit_in_place(slab, checkpoint, parts, current)
         except OSError as exc:
-            kept = (f"the previous checkpoint (iteration {previous}) is intact"
-                    if previous is not None else "nothing was written")
+            kept = (f"the previous checkpoint (iteration {current.iteration}) is intact"
+                    if current is not None else "nothing was committed")
             raise UserError(
                 f"{self.path}: could not write the checkpoint of iteration {checkpoint.iteration} "
                 f"({exc}); {kept}: free disk space or fix permissions, then re-run the same "
                 "command to resume") from None
 
-    @staticmethod
-    def _write_checkpoint(f, slab: dict, checkpoint: Checkpoint) -> None:
-        committed = int(f.attrs["n_draws"])
-        for name, values in slab.items():
-            dset = f["samples"][name]
-            dset.resize(committed + values.shape[0], axis=0)
-            dset[committed:] = values
-        target = "state_b" if f.attrs["active"] == "state_a" else "state_a"
-        group = f.require_group(target)
-        _write_tree(group.require_group("arrays"), checkpoint.arrays)
-        _write_tree(group.require_group("means"), checkpoint.means)
-        group.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
-        group.attrs["iteration"] = checkpoint.iteration
-        group.attrs["n_draws"] = checkpoint.n_draws
-        group.attrs["elapsed_seconds"] = checkpoint.elapsed
-        group.attrs["contents"] = json.dumps({"arrays": sorted(checkpoint.arrays),
-                                              "means": sorted(checkpoint.means)})
-        f.flush()
-        f.attrs["n_draws"] = checkpoint.n_draws
-        f.attrs["iteration"] = checkpoint.iteration
-        f.attrs["elapsed_seconds"] = checkpoint.elapsed
-        f.attrs["active"] = target
-        f.flush()
+    def _commit_in_place(self, slab: dict, checkpoint: Checkpoint, parts: dict, current) -> None:
+        """Draws, then the buffer the chain did not resume from, then the commit record."""
+        layout = self.layout()
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            commit = _commit_record(fd, layout)
+            seq = max(int(commit[1]), current.seq if current is not None else 0) + 1
+            _write_draws(fd, layout, slab, checkpoint.n_draws)
+            kill_point("commit:draws_written")
+            buffer = BUFFERS[0] if current is None or current.buffer == BUFFERS[1] else BUFFERS[1]
+            _write_buffer(fd, layout, buffer, parts, checkpoint, seq)
+            kill_point("commit:state_written")
+            os.fsync(fd)
+            record = [MAGIC, seq, BUFFERS.index(buffer) + 1, checkpoint.iteration,
+                      checkpoint.n_draws, int(commit[5]), layout.capacity]
+            write_at(fd, layout.offsets["commit"], COMMIT.pack(record))
+            kill_point("commit:marker_written")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._current = _State(buffer, seq, checkpoint.iteration, checkpoint.n_draws, None)
+
+    def _write_commit_record(self, target: int) -> None:
+        layout = self.layout()
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            commit = _commit_record(fd, layout)
+            commit[5] = target
+            write_at(fd, layout.offsets["commit"], COMMIT.pack(list(commit)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _rewrite(self, capacity: int | None = None, target: int | None = None,
+                 slab: dict | None = None, checkpoint: Checkpoint | None = None,
+                 current=None) -> None:
+        """Write the chain anew under a temporary name, then rename it over this file.
+
+        capacity/target: new rows of /samples and target; both buffers and the committed
+        draws are copied as they are. slab + checkpoint: a commit whose state has other
+        shapes than the buffers (the first commit, or a changed model): the new file holds
+        the draws before the slab's, the slab and this state in state_a (current: the
+        state the chain resumed from).
+        """
+        layout = self.layout()
+        progress = self.progress()
+        capacity = layout.capacity if capacity is None else capacity
+        target = progress.target if target is None else target
+        parts = _flatten(checkpoint) if checkpoint is not None else None
+        signature = _signature(parts) if parts is not None else layout.signature
+        remove_stale_temporaries(Path(self.path))
+        tmp = temporary_path(Path(self.path))
+        with self._open() as old:
+            attrs = {k: v for k, v in old.attrs.items() if k not in ("capacity", "state_signature")}
+            shapes = {name: d.shape[1:] for name, d in old["samples"].items()}
+            dtype = np.dtype(next(iter(old["samples"].values())).dtype) if shapes else np.dtype("f8")
+        self._build(tmp, attrs, shapes, capacity, dtype, signature)
+        new_layout = _read_layout(tmp)
+        fd_old = os.open(self.path, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            if checkpoint is None:
+                commit = _commit_record(fd_old, layout)
+                seq, active, iteration, n_draws = (int(commit[i]) for i in (1, 2, 3, 4))
+                written = max([n_draws] + [int(h[3]) for h in
+                                           (_header(fd_old, layout, b) for b in BUFFERS) if h is not None])
+                for name in shapes:
+                    _copy_rows(fd_old, layout, fd, new_layout, name, min(written, capacity))
+                for buffer in layout.buffers:
+                    _copy_buffer(fd_old, layout, fd, new_layout, buffer)
+                state = None
+            else:
+                first = checkpoint.n_draws - _slab_rows(slab)
+                for name in shapes:
+                    _copy_rows(fd_old, layout, fd, new_layout, name, first)
+                _write_draws(fd, new_layout, slab, checkpoint.n_draws)
+                seq = max(int(_commit_record(fd_old, layout)[1]),
+                          current.seq if current is not None else 0) + 1
+                _write_buffer(fd, new_layout, BUFFERS[0], parts, checkpoint, seq)
+                active, iteration, n_draws = 1, checkpoint.iteration, checkpoint.n_draws
+                state = _State(BUFFERS[0], seq, iteration, n_draws, None)
+            write_at(fd, new_layout.offsets["commit"],
+                     COMMIT.pack([MAGIC, seq, active, iteration, n_draws, target, capacity]))
+        finally:
+            os.close(fd)
+            os.close(fd_old)
+        install(tmp, Path(self.path), "rewrite:before_rename")
+        self._layout = None
+        if state is not None:
+            self._current = state
 
     def load(self) -> Checkpoint | None:
-        """The last committed checkpoint (None for a chain with no checkpoint yet)."""
-        with self._open("r+") as f:
-            active = f.attrs["active"]
-            if not active:
-                return None
-            n_draws = int(f.attrs["n_draws"])
-            try:
-                for dset in f["samples"].values():
-                    if dset.shape[0] != n_draws:  # draws of an interrupted checkpoint
-                        dset.resize(n_draws, axis=0)
-                return _read_checkpoint(f[active], int(f.attrs["iteration"]), n_draws,
-                                        float(f.attrs["elapsed_seconds"]))
-            except (OSError, KeyError, ValueError) as exc:
-                raise self._damaged(exc) from None
+        """The last committed checkpoint (None for a chain with no checkpoint yet); later
+        commits through this object continue from it."""
+        state = self._newest_state(read_parts=True)
+        self._current = state
+        return None if state is None else state.checkpoint
 
-    def read_samples(self, name: str) -> np.ndarray:
-        with self._open("r") as f:
-            n = int(f.attrs["n_draws"])
-            try:
-                return f["samples"][name][:n]
-            except KeyError:
-                raise
-            except (OSError, ValueError) as exc:
-                raise self._damaged(exc) from None
-
-    def read_means(self) -> dict:
-        with self._open("r") as f:
-            if not f.attrs["active"]:
-                return {}
-            group = f[f.attrs["active"]]
-            try:
-                means = _read_tree(group["means"])
-                if "contents" in group.attrs:
-                    missing = set(json.loads(group.attrs["contents"])["means"]) - set(means)
-                    if missing:
-                        raise KeyError(f"checkpoint lacks {', '.join(sorted(missing))}")
-                return means
-            except (OSError, KeyError, ValueError) as exc:
-                raise self._damaged(exc) from None
-
-    def _damaged(self, exc) -> UserError:
-        try:
-            kept, _ = self.recoverable()
-            what = (f"{kept.n_draws} draws up to iteration {kept.iteration} are recoverable"
-                    if kept is not None else "no checkpoint is recoverable")
-        except Exception:  # the damage may also stop the inspection itself
-            what = "the recoverable draws could not be determined"
-        return UserError(
-            f"{self.path}: the chain file is damaged ({exc}); {what}: run `megalmm repair CONFIG` "
-            "to keep every intact checkpointed draw")
-
-    # -- damage and repair ----------------------------------------------------------------
-    def recoverable(self) -> tuple[Checkpoint | None, dict]:
-        """The newest readable checkpoint whose draws are all readable, and per sample dataset
-        the number of readable draws. (None, ...) when no checkpoint can be recovered."""
-        with self._open("r") as f:
-            readable = {name: _readable_draws(dset) for name, dset in f["samples"].items()}
-            limit = min(readable.values()) if readable else 0
-            active = f.attrs["active"]
-            order = [active, "state_b" if active == "state_a" else "state_a"] if active else []
-            for name in order:
-                if name not in f:
-                    continue
-                group = f[name]
-                if name == active:
-                    n_draws, elapsed = int(f.attrs["n_draws"]), float(f.attrs["elapsed_seconds"])
-                    iteration = int(f.attrs["iteration"])
-                elif "n_draws" in group.attrs:
-                    n_draws, elapsed = int(group.attrs["n_draws"]), float(group.attrs["elapsed_seconds"])
-                    iteration = int(group.attrs["iteration"])
-                else:
-                    continue
-                if n_draws > limit:
+    def _newest_state(self, read_parts: bool):
+        """The committed buffer (or, when its checksums fail, the other one), or None when
+        nothing is committed. Raises a UserError when no buffer is intact."""
+        self.fell_back = None
+        with self._reader() as (fd, layout):
+            commit = COMMIT.unpack(read_at(fd, layout.offsets["commit"], 8 * COMMIT.width))
+            if commit is not None and int(commit[0]) == MAGIC:
+                if int(commit[2]) == 0:
+                    return None
+                active = BUFFERS[int(commit[2]) - 1]
+                order = [active] + [b for b in BUFFERS if b != active]
+                seqs = {active: int(commit[1]), order[1]: -int(commit[1])}  # older than active
+            else:
+                headers = {b: _header(fd, layout, b) for b in layout.buffers}
+                order = sorted((b for b in headers if headers[b] is not None),
+                               key=lambda b: -int(headers[b][1]))
+                seqs = {b: int(headers[b][1]) for b in order}
+                if not order:
+                    return None
+                self.fell_back = "the commit record is torn"
+            problems = []
+            for buffer in order:
+                if buffer not in layout.buffers:
                     continue
                 try:
-                    return _read_checkpoint(group, iteration, n_draws, elapsed), readable
-                except (OSError, KeyError, ValueError):
+                    state = _read_buffer(fd, layout, buffer, seqs[buffer], read_parts)
+                except (OSError, ValueError, KeyError) as exc:
+                    problems.append(f"{buffer}: {exc}")
                     continue
-            return None, readable
+                if buffer != order[0]:
+                    self.fell_back = f"the newest checkpoint is damaged ({problems[0]})"
+                return state
+        raise UserError(
+            f"{self.path}: no checkpoint in this chain file is intact ({'; '.join(problems)}); "
+            "run `megalmm repair CONFIG` to keep what can be read, or move the file aside to "
+            "sample this chain again")
+
+    def read_samples(self, name: str) -> np.ndarray:
+        n = self.progress().n_draws
+        with self._open() as f:
+            if name not in f["samples"]:
+                raise KeyError(name)
+            return f["samples"][name][:n]
+
+    def read_means(self) -> dict:
+        cp = self.load()
+        return {} if cp is None else cp.means
+
+    # -- damage and repair ----------------------------------------------------------------
+    def check(self) -> tuple[bool, Checkpoint | None, str]:
+        """(intact, the checkpoint that would be resumed, what is wrong)."""
+        try:
+            cp = self.load()
+        except UserError as exc:
+            return False, None, str(exc)
+        return self.fell_back is None, cp, self.fell_back or ""
 
     def repair(self) -> tuple[Checkpoint, str]:
-        """Rewrite the chain with every intact checkpointed draw; the damaged file is kept
-        beside it as <name>.damaged. Returns the kept checkpoint and the damaged file's path."""
-        checkpoint, _ = self.recoverable()
+        """Rewrite the chain from its newest intact checkpoint into a fresh file; the damaged
+        file is kept beside it as <name>.damaged. Returns the kept checkpoint and that path."""
+        _, checkpoint, problem = self.check()
         if checkpoint is None:
             raise UserError(
-                f"{self.path}: no checkpoint in this chain file can be read; move it aside and "
-                "sample the chain again")
-        with self._open("r") as f:
-            attrs = {k: v for k, v in f.attrs.items()
-                     if k not in ("n_draws", "iteration", "active", "elapsed_seconds")}
-            shapes = {name: dset.shape[1:] for name, dset in f["samples"].items()}
-            chunk = max([dset.chunks[0] for dset in f["samples"].values() if dset.chunks] or [1])
-            slab = {name: dset[:checkpoint.n_draws] for name, dset in f["samples"].items()}
+                f"{self.path}: no checkpoint in this chain file can be read ({problem}); move it "
+                "aside and sample the chain again")
+        progress = self.progress()
+        with self._open() as f:
+            attrs = {k: v for k, v in f.attrs.items() if k not in ("capacity", "state_signature")}
+            shapes = {name: d.shape[1:] for name, d in f["samples"].items()}
+            dtype = next(iter(f["samples"].values())).dtype if shapes else "f8"
+            slab = {name: f["samples"][name][:checkpoint.n_draws] for name in shapes}
         fixed = ChainFile(self.path + ".repaired")
-        fixed.create(attrs, shapes, chunk)
+        fixed.create(attrs, shapes, progress.capacity, dtype, target=progress.target)
         fixed.commit(slab, checkpoint)
         damaged = self.path + ".damaged"
         os.replace(self.path, damaged)
         os.replace(fixed.path, self.path)
+        self._layout = None
         return checkpoint, damaged
 
 
-def _read_checkpoint(group, iteration: int, n_draws: int, elapsed: float) -> Checkpoint:
-    """Read a checkpoint buffer; KeyError when any part it was written with is missing."""
-    arrays, means = _read_tree(group["arrays"]), _read_tree(group["means"])
-    if "contents" in group.attrs:
-        contents = json.loads(group.attrs["contents"])
-        missing = sorted(set(contents["arrays"]) - set(arrays)) + sorted(set(contents["means"]) - set(means))
-        if missing:
-            raise KeyError(f"checkpoint lacks {', '.join(missing)}")
-    return Checkpoint(iteration=iteration, n_draws=n_draws, arrays=arrays,
-                      rng_states=json.loads(group.attrs["rng_states"]), means=means, elapsed=elapsed)
+# ----------------------------------------------------------------------- raw reads and writes
 
 
-def _readable_draws(dset) -> int:
-    """How many leading draws of a dataset can be read (chunk by chunk)."""
-    step = dset.chunks[0] if dset.chunks else max(1, dset.shape[0])
-    for start in range(0, dset.shape[0], step):
-        try:
-            dset[start:start + step]
-        except (OSError, ValueError):
-            return start
-    return dset.shape[0]
+@dataclass(frozen=True)
+class _Layout:
+    offsets: dict          # dataset path -> byte offset (None: no storage)
+    nbytes: dict           # dataset path -> bytes
+    shapes: dict           # dataset path -> shape
+    dtypes: dict           # dataset path -> numpy dtype
+    capacity: int
+    signature: str
+    buffers: tuple         # the state buffers present
 
 
-def _write_tree(group, arrays: dict) -> None:
-    """Write name -> array (or list of arrays) in place, reusing datasets of the same shape."""
-    for name, value in arrays.items():
-        items = {name: value} if not isinstance(value, list) else None
-        if items is None:
-            sub = group.require_group(name)
-            sub.attrs["length"] = len(value)
-            for i, arr in enumerate(value):
-                _write_array(sub, str(i), arr)
-        else:
-            _write_array(group, name, value)
+def _read_layout(path) -> _Layout:
+    offsets, nbytes, shapes, dtypes = {}, {}, {}, {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                offsets[name] = dataset_offset(obj)
+                nbytes[name] = int(obj.size) * obj.dtype.itemsize
+                shapes[name] = obj.shape
+                dtypes[name] = obj.dtype
+        f.visititems(visit)
+        return _Layout(offsets, nbytes, shapes, dtypes, int(f.attrs["capacity"]),
+                       str(f.attrs["state_signature"]), tuple(b for b in BUFFERS if b in f))
 
 
-def _write_array(group, name, value) -> None:
-    value = np.asarray(value)
-    if name in group and (group[name].shape != value.shape or group[name].dtype != value.dtype):
-        del group[name]
-    if name in group:
-        group[name][...] = value
-    else:
-        group.create_dataset(name, data=value)
+def _commit_record(fd, layout: _Layout) -> np.ndarray:
+    """The commit record's values; a torn record is rebuilt from the newest intact header."""
+    commit = COMMIT.unpack(read_at(fd, layout.offsets["commit"], 8 * COMMIT.width))
+    if commit is not None and int(commit[0]) == MAGIC:
+        return commit
+    headers = [(b, h) for b, h in ((b, _header(fd, layout, b)) for b in layout.buffers) if h is not None]
+    if not headers:
+        return np.array([MAGIC, 0, 0, 0, 0, 0, layout.capacity], dtype=np.int64)
+    buffer, newest = max(headers, key=lambda bh: bh[1][1])
+    return np.array([MAGIC, newest[1], BUFFERS.index(buffer) + 1, newest[2], newest[3], 0,
+                     layout.capacity], dtype=np.int64)
 
 
-def _read_tree(group) -> dict:
-    out = {}
-    for name, item in group.items():
-        if isinstance(item, h5py.Group):
-            out[name] = [item[str(i)][()] for i in range(int(item.attrs["length"]))]
-        else:
-            out[name] = item[()]
-    return out
+def _slab_rows(slab: dict) -> int:
+    return max([np.shape(v)[0] for v in slab.values()] or [0])
+
+
+def _write_draws(fd, layout: _Layout, slab: dict, n_draws: int) -> None:
+    """The slab's draws as rows [n_draws - rows, n_draws) of /samples."""
+    committed = n_draws - _slab_rows(slab)
+    if committed < 0:
+        raise ValueError("more draws in the slab than in the checkpoint")
+    for name, values in slab.items():
+        path = f"samples/{name}"
+        if path not in layout.offsets:
+            continue
+        values = np.ascontiguousarray(values, dtype=layout.dtypes[path].newbyteorder("<"))
+        rows = values.shape[0]
+        if committed + rows > layout.capacity:
+            raise ValueError(f"{name}: {committed + rows} draws do not fit in {layout.capacity} rows")
+        if layout.offsets[path] is None or values.size == 0:
+            continue
+        row_bytes = layout.nbytes[path] // max(1, layout.capacity)
+        write_at(fd, layout.offsets[path] + committed * row_bytes, values)
+
+
+def _write_buffer(fd, layout: _Layout, buffer: str, parts: dict, cp: Checkpoint, seq: int) -> None:
+    """Every part, the Generator states and their checksums, then the header."""
+    crcs = []
+    for i, (path, arr) in enumerate(parts.items()):
+        full = f"{buffer}/{path}"
+        data = np.ascontiguousarray(arr, dtype=layout.dtypes[full]).reshape(-1)
+        if layout.offsets[full] is not None and data.size:
+            write_at(fd, layout.offsets[full], data)
+        crcs.append(zlib.crc32(memoryview(data).cast("B")))
+        if i == len(parts) // 2:
+            kill_point("commit:state_half_written")
+    rng = json.dumps(cp.rng_states, sort_keys=True).encode()
+    if len(rng) > RNG_BYTES:
+        raise ValueError("Generator states do not fit their buffer")
+    write_at(fd, layout.offsets[f"{buffer}/rng"], rng)
+    crcs.append(zlib.crc32(rng))
+    crc_array = np.array(crcs, dtype="<i8")
+    write_at(fd, layout.offsets[f"{buffer}/crc"], crc_array)
+    header = [MAGIC, seq, cp.iteration, cp.n_draws, int(round(cp.elapsed * 1e6)), len(rng),
+              zlib.crc32(crc_array.tobytes())]
+    write_at(fd, layout.offsets[f"{buffer}/header"], HEADER.pack(header))
+
+
+def _header(fd, layout: _Layout, buffer: str):
+    if buffer not in layout.buffers:
+        return None
+    header = HEADER.unpack(read_at(fd, layout.offsets[f"{buffer}/header"], 8 * HEADER.width))
+    return header if header is not None and int(header[0]) == MAGIC else None
+
+
+@dataclass
+class _State:
+    buffer: str
+    seq: int
+    iteration: int
+    n_draws: int
+    checkpoint: Checkpoint | None
+
+
+def _read_buffer(fd, layout: _Layout, buffer: str, seq: int, read_parts: bool) -> _State:
+    """A buffer whose header, sequence number and checksums are right (ValueError if not)."""
+    header = _header(fd, layout, buffer)
+    if header is None:
+        raise ValueError("its header is torn or empty")
+    # seq > 0: exactly that checkpoint; seq <= 0: any checkpoint older than -seq
+    if (seq > 0 and int(header[1]) != seq) or (seq <= 0 and int(header[1]) >= -seq):
+        raise ValueError(f"it holds checkpoint {int(header[1])}, not the expected one")
+    iteration, n_draws, elapsed, rng_len = (int(header[i]) for i in (2, 3, 4, 5))
+    crc_path = f"{buffer}/crc"
+    crc_array = np.frombuffer(read_at(fd, layout.offsets[crc_path], layout.nbytes[crc_path]), "<i8")
+    if zlib.crc32(crc_array.tobytes()) != int(header[6]):
+        raise ValueError("its checksums are damaged")
+    if not read_parts:
+        return _State(buffer, seq, iteration, n_draws, None)
+    sig = json.loads(layout.signature)
+    parts = {}
+    for i, (path, shape, _) in enumerate(sig["parts"]):
+        full = f"{buffer}/{path}"
+        size = layout.nbytes[full] if layout.offsets[full] is not None else 0
+        raw = read_at(fd, layout.offsets[full], size) if size else b""
+        if len(raw) != size or zlib.crc32(raw) != int(crc_array[i]):
+            raise ValueError(f"{path} is damaged")
+        parts[path] = np.frombuffer(raw, dtype=layout.dtypes[full]).reshape(shape).copy()
+    rng = read_at(fd, layout.offsets[f"{buffer}/rng"], rng_len)
+    if zlib.crc32(rng) != int(crc_array[-1]):
+        raise ValueError("the Generator states are damaged")
+    arrays, means = _unflatten(parts, set(sig["lists"]))
+    cp = Checkpoint(iteration, n_draws, arrays, json.loads(rng), means, elapsed / 1e6)
+    return _State(buffer, seq, iteration, n_draws, cp)
+
+
+def _copy_rows(fd_old, old: _Layout, fd_new, new: _Layout, name: str, rows: int) -> None:
+    path = f"samples/{name}"
+    if old.offsets.get(path) is None or new.offsets.get(path) is None or rows == 0:
+        return
+    row_bytes = old.nbytes[path] // max(1, old.capacity)
+    step = max(1, COPY_BYTES // max(1, row_bytes))
+    for start in range(0, rows, step):
+        count = min(step, rows - start)
+        data = read_at(fd_old, old.offsets[path] + start * row_bytes, count * row_bytes)
+        write_at(fd_new, new.offsets[path] + start * row_bytes, data)
+
+
+def _copy_buffer(fd_old, old: _Layout, fd_new, new: _Layout, buffer: str) -> None:
+    for path in old.offsets:
+        if path.startswith(buffer + "/") and old.offsets[path] is not None:
+            size = old.nbytes[path]
+            for start in range(0, size, COPY_BYTES):
+                data = read_at(fd_old, old.offsets[path] + start, min(COPY_BYTES, size - start))
+                write_at(fd_new, new.offsets[path] + start, data)

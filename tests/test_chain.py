@@ -4,8 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -68,8 +68,7 @@ def test_memory_chain_draws_and_means(small_model):
 def test_resume_is_bit_identical(small_model, stop_at, tmp_path):
     whole = MemoryChain()
     run(small_model, whole)
-    pieces = ChainFile(tmp_path / "chain_1.h5")
-    pieces.create({"config_hash": "x"}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
+    pieces = new_chain_file(small_model, tmp_path / "chain_1.h5")
     first = run(small_model, pieces, stop_after=stop_at)
     assert first.interrupted_by == signal.SIGTERM and first.iteration == stop_at
     second = run(small_model, pieces)
@@ -84,17 +83,32 @@ def _shape(model, name):
     return param_shape(model, name)
 
 
-def test_uncommitted_draws_are_discarded(small_model, tmp_path):
-    """Draws appended by a checkpoint that never got its commit marker are dropped on load."""
-    chain = ChainFile(tmp_path / "c.h5")
-    chain.create({}, {"f_h2": (small_model.k,)}, 4)
-    run_chain(small_model, chain, Plan(0, 10, 1, 0, 5), ("f_h2",), (), seed=1, chain=1)
-    import h5py
+def new_chain_file(model, path, names=SAMPLES, capacity=None):
+    chain = ChainFile(path)
+    chain.create({"config_hash": "x"}, {name: _shape(model, name) for name in names},
+                 PLAN.draws(PLAN.total) if capacity is None else capacity)
+    return chain
 
-    with h5py.File(chain.path, "r+") as f:  # a half-written checkpoint: draws but no marker
-        f["samples/f_h2"].resize(13, axis=0)
-    cp = chain.load()
-    assert cp.n_draws == 10 and chain.read_samples("f_h2").shape[0] == 10
+
+def test_uncommitted_draws_are_ignored_and_rewritten(small_model, tmp_path):
+    """Rows written beyond the committed draws (a checkpoint killed before its commit
+    record) are not read, and the resumed chain writes them again."""
+    whole = MemoryChain()
+    run(small_model, whole)
+    chain = new_chain_file(small_model, tmp_path / "c.h5")
+    run(small_model, chain, stop_after=31)
+    committed = chain.progress().n_draws
+    layout = chain.layout()
+    with open(chain.path, "r+b") as raw:  # garbage in every row after the committed ones
+        for name in SAMPLES:
+            path = f"samples/{name}"
+            row = layout.nbytes[path] // layout.capacity
+            raw.seek(layout.offsets[path] + committed * row)
+            raw.write(os.urandom(row * (layout.capacity - committed)))
+    assert chain.read_samples("Lambda").shape[0] == committed
+    run(small_model, chain)
+    samples = {name: chain.read_samples(name) for name in SAMPLES}
+    assert_same_chain(whole.samples, whole.load(), samples, chain.load())
 
 
 def write_config(tmp_path, name, data_dir):
@@ -122,48 +136,45 @@ def megalmm(*args, **kwargs):
                           text=True, **kwargs)
 
 
-@pytest.mark.parametrize("kill_seed", [0, 1])
-def test_sigkill_then_resume_equals_uninterrupted(sim_dir, tmp_path, kill_seed):
-    whole_cfg = write_config(tmp_path, "whole", sim_dir)
-    killed_cfg = write_config(tmp_path, "killed", sim_dir)
-    done = megalmm("sample", str(whole_cfg))
-    assert done.returncode == 0, done.stderr
-    assert megalmm("prepare", str(killed_cfg)).returncode == 0
-    rng = np.random.default_rng(kill_seed)
-    for attempt in range(3):  # kill at a few random moments, resuming each time
-        proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(killed_cfg)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.0, 3.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finished = megalmm("sample", str(killed_cfg))
-    assert finished.returncode == 0, finished.stderr
-    a = ChainFile(tmp_path / "whole" / "chains" / "chain_1.h5")
-    b = ChainFile(tmp_path / "killed" / "chains" / "chain_1.h5")
-    for name in ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1"):
-        np.testing.assert_array_equal(a.read_samples(name), b.read_samples(name), err_msg=name)
-    ma, mb = a.read_means(), b.read_means()
-    for name in ma:
-        np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+def stopped_process(cfg, pause_at, *extra):
+    """`megalmm sample` started with MEGALMM_TEST_PAUSE_AT, returned once it has stopped
+    itself there (SIGSTOP): an event the test waits for, not a time."""
+    env = dict(os.environ, MEGALMM_TEST_PAUSE_AT=pause_at)
+    proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(cfg), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), "the sampler ended before reaching its pause point"
+    return proc
 
 
 def test_sigterm_writes_checkpoint_and_exit_code(sim_dir, tmp_path):
     cfg = write_config(tmp_path, "term", sim_dir)
     assert megalmm("prepare", str(cfg)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "megalmm_cli.cli", "sample", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    proc = stopped_process(cfg, "sample:iteration:57")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    chain = ChainFile(tmp_path / "term" / "chains" / "chain_1.h5")
-    if proc.returncode == 0:  # finished before the signal arrived
-        pytest.skip("the chain finished before SIGTERM")
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "checkpoint written" in out
-    stopped_at = int(chain.attrs()["iteration"])
-    assert 0 < stopped_at < 200
+    assert "stopped by signal 15 at iteration 57; checkpoint written" in out
+    chain = ChainFile(tmp_path / "term" / "chains" / "chain_1.h5")
+    assert chain.progress().iteration == 57 and chain.load().iteration == 57
     resumed = megalmm("sample", str(cfg))
-    assert resumed.returncode == 0 and f"resuming at iteration {stopped_at}" in resumed.stdout
+    assert resumed.returncode == 0 and "resuming at iteration 57" in resumed.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_set_up_ends_the_command(sim_dir, tmp_path, sig):
+    """The handlers are installed before any slow import: a signal that arrives before
+    sampling starts ends `sample` with 128 + signal and one line, and writes nothing."""
+    cfg = write_config(tmp_path, "early", sim_dir)
+    proc = stopped_process(cfg, "sample:handlers_installed")
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by signal {int(sig)} before sampling started" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "early" / "chains" / "chain_1.h5").exists()
 
 
 def test_iterations_extends_a_finished_chain(sim_dir, tmp_path):
@@ -174,7 +185,31 @@ def test_iterations_extends_a_finished_chain(sim_dir, tmp_path):
     more = megalmm("sample", str(cfg), "--iterations", "200")
     assert more.returncode == 0, more.stderr
     chain = ChainFile(tmp_path / "ext" / "chains" / "chain_1.h5")
-    assert int(chain.attrs()["iteration"]) == 240 and chain.read_samples("f_h2").shape[0] == 100
+    progress = chain.progress()
+    assert progress.iteration == 240 and progress.target == 240
+    assert chain.read_samples("f_h2").shape[0] == 100 and progress.capacity == 100
+
+
+def test_interrupted_extension_keeps_its_target(sim_dir, tmp_path):
+    """`--iterations` is recorded: a chain stopped on its way there is shown against it by
+    status and a plain re-run continues to it."""
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    cfg = write_config(tmp_path, "target", sim_dir)
+    proc = stopped_process(cfg, "sample:iteration:230", "--iterations", "300")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    status = CliRunner().invoke(main, ["status", str(cfg)])
+    assert status.exit_code == 0 and "230/340" in status.output
+    plain = megalmm("sample", str(cfg))
+    assert plain.returncode == 0 and "resuming at iteration 230 of 340" in plain.stdout
+    chain = ChainFile(tmp_path / "target" / "chains" / "chain_1.h5")
+    assert chain.progress().iteration == 340 and chain.read_samples("f_h2").shape[0] == 150
+    assert "230/340" not in CliRunner().invoke(main, ["status", str(cfg)]).output
 
 
 def test_other_means_and_samples_without_u(small_model):
@@ -198,22 +233,22 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path
 
     whole = MemoryChain()
     run(small_model, whole)
-    chain = ChainFile(tmp_path / "chain_1.h5")
-    chain.create({}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
-    real_write_tree = storage._write_tree
+    chain = new_chain_file(small_model, tmp_path / "chain_1.h5")
+    real_write_buffer = storage._write_buffer
     calls = {"n": 0}
 
-    def full_disk(group, arrays):
+    def full_disk(fd, layout, buffer, parts, cp, seq):
         calls["n"] += 1
-        if calls["n"] == 5:  # the third checkpoint, after its draws were appended
+        if calls["n"] == 3:  # the third checkpoint, after its draws were written
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write_tree(group, arrays)
+        real_write_buffer(fd, layout, buffer, parts, cp, seq)
 
-    monkeypatch.setattr(storage, "_write_tree", full_disk)
+    monkeypatch.setattr(storage, "_write_buffer", full_disk)
     with pytest.raises(UserError, match=r"could not write the checkpoint of iteration 45 .*No space left"
                                         r".*previous checkpoint \(iteration 30\) is intact"):
         run(small_model, chain)
-    monkeypatch.setattr(storage, "_write_tree", real_write_tree)
+    monkeypatch.setattr(storage, "_write_buffer", real_write_buffer)
+    chain = ChainFile(chain.path)
     cp = chain.load()
     assert cp.iteration == 30 and chain.read_samples("Lambda").shape[0] == cp.n_draws == 5
     run(small_model, chain)
@@ -221,64 +256,75 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path
     assert_same_chain(whole.samples, whole.load(), samples, chain.load())
 
 
-def _damaged_chain(small_model, tmp_path):
-    chain = ChainFile(tmp_path / "chain_1.h5")
-    chain.create({"config_hash": "x"}, {name: _shape(small_model, name) for name in SAMPLES}, 4)
+def _finished_chain(small_model, tmp_path):
+    chain = new_chain_file(small_model, tmp_path / "chain_1.h5")
     run(small_model, chain)
     return chain
 
 
-def test_damaged_checkpoint_is_detected_and_repaired(small_model, tmp_path):
-    import h5py
+def _spoil(chain, path, nbytes=64):
+    """Overwrite the first bytes of a dataset of the chain file with noise (a bad block)."""
+    layout = chain.layout()
+    with open(chain.path, "r+b") as raw:
+        raw.seek(layout.offsets[path])
+        raw.write(os.urandom(min(nbytes, layout.nbytes[path])))
 
-    from megalmm_cli.errors import UserError
 
+def _active_buffer(chain):
+    return ("state_a", "state_b")[int(h5py.File(chain.path)["commit"][2]) - 1]
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_other(small_model, tmp_path):
+    """A bad block in the newest checkpoint: load takes the one before it, and resuming
+    from there gives the uninterrupted chain exactly (no repair needed)."""
     whole = MemoryChain()
     run(small_model, whole)
-    chain = _damaged_chain(small_model, tmp_path)
-    with h5py.File(chain.path, "r+") as f:  # the newest checkpoint loses a parameter
-        del f[f.attrs["active"]]["arrays"]["Lambda"]
-    with pytest.raises(UserError, match="damaged.*megalmm repair"):
-        chain.load()
-    kept, damaged = chain.repair()
-    assert kept.iteration == 45 and kept.n_draws == 12 and os.path.exists(damaged)
-    assert chain.load().iteration == 45 and chain.read_samples("Lambda").shape[0] == 12
-    run(small_model, chain)  # resume from the kept checkpoint: the same chain as uninterrupted
-    samples = {name: chain.read_samples(name) for name in SAMPLES}
-    expected = {name: whole.samples[name] for name in SAMPLES}
-    assert_same_chain(expected, whole.load(), samples, chain.load())
+    chain = new_chain_file(small_model, tmp_path / "chain_1.h5")
+    run(small_model, chain, stop_after=50)   # checkpoints at 15, 30, 45 and the stop at 50
+    _spoil(chain, f"{_active_buffer(chain)}/arrays/Lambda")
+    fresh = ChainFile(chain.path)
+    cp = fresh.load()
+    assert cp.iteration == 45 and "damaged" in fresh.fell_back
+    run(small_model, fresh)
+    samples = {name: fresh.read_samples(name) for name in SAMPLES}
+    assert_same_chain(whole.samples, whole.load(), samples, fresh.load())
 
 
-def test_damaged_draws_keep_the_intact_prefix(small_model, tmp_path):
-    import h5py
+def test_torn_commit_record_is_rebuilt_from_the_buffers(small_model, tmp_path):
+    whole = MemoryChain()
+    run(small_model, whole)
+    chain = new_chain_file(small_model, tmp_path / "chain_1.h5")
+    run(small_model, chain, stop_after=31)
+    _spoil(chain, "commit", 20)  # as a power cut in the middle of the record's write
+    fresh = ChainFile(chain.path)
+    assert fresh.progress().iteration == 31 and fresh.load().iteration == 31
+    run(small_model, fresh)
+    samples = {name: fresh.read_samples(name) for name in SAMPLES}
+    assert_same_chain(whole.samples, whole.load(), samples, fresh.load())
 
-    chain = _damaged_chain(small_model, tmp_path)
-    with h5py.File(chain.path, "r") as f:
-        dset = f["samples/Lambda"]
-        info = dset.id.get_chunk_info(dset.id.get_num_chunks() - 1)
-    with open(chain.path, "r+b") as raw:  # overwrite the last chunk of Lambda with noise
-        raw.seek(info.byte_offset)
-        raw.write(os.urandom(info.size))
-    _, readable = chain.recoverable()
-    assert readable["Lambda"] < 20 and readable["f_h2"] == 20
-    kept, _ = chain.repair()
-    assert kept.n_draws <= readable["Lambda"] and kept.iteration in (30, 45)
-    np.testing.assert_array_equal(chain.read_samples("Lambda").shape[0], kept.n_draws)
+
+def test_both_checkpoints_damaged_is_a_clear_error(small_model, tmp_path):
+    from megalmm_cli.errors import UserError
+
+    chain = _finished_chain(small_model, tmp_path)
+    for buffer in ("state_a", "state_b"):
+        _spoil(chain, f"{buffer}/means/U.mean")
+    with pytest.raises(UserError, match="no checkpoint in this chain file is intact.*megalmm repair"):
+        ChainFile(chain.path).load()
 
 
 def test_truncated_chain_file_is_a_clear_error(small_model, tmp_path):
     from megalmm_cli.errors import UserError
 
-    chain = _damaged_chain(small_model, tmp_path)
+    chain = _finished_chain(small_model, tmp_path)
     size = os.path.getsize(chain.path)
     with open(chain.path, "r+b") as raw:
         raw.truncate(size // 3)
     with pytest.raises(UserError, match="cannot open the chain file.*move it aside"):
-        chain.load()
+        ChainFile(chain.path).load()
 
 
 def test_repair_command(sim_dir, tmp_path):
-    import h5py
     from click.testing import CliRunner
 
     from megalmm_cli.cli import main
@@ -288,10 +334,8 @@ def test_repair_command(sim_dir, tmp_path):
     intact = CliRunner().invoke(main, ["repair", str(cfg)])
     assert intact.exit_code == 0 and "intact (80 draws, iteration 200)" in intact.output
     path = tmp_path / "rep" / "chains" / "chain_1.h5"
-    with h5py.File(path, "r+") as f:
-        del f[f.attrs["active"]]["means"]["U.mean"]
-    broken = CliRunner().invoke(main, ["predict", str(cfg)])
-    assert broken.exit_code == 2 and "megalmm repair" in broken.stderr
+    chain = ChainFile(path)
+    _spoil(chain, f"{_active_buffer(chain)}/means/U.mean")
     fixed = CliRunner().invoke(main, ["repair", str(cfg)])
     assert fixed.exit_code == 0 and "kept 75 draws up to iteration 190" in fixed.output
     assert (tmp_path / "rep" / "chains" / "chain_1.h5.damaged").exists()

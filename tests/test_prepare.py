@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from megalmm_cli import FORMAT_VERSION
 from megalmm_cli.config import load_config
 from megalmm_cli.errors import UserError
 from megalmm_cli.prepare import load_model, prepared_path, run_prepare
@@ -34,7 +35,7 @@ def test_prepare_writes_model_with_attributes(data_dir, tmp_path):
     messages = []
     assert run_prepare(cfg, echo=messages.append) is True
     with h5py.File(prepared_path(cfg), "r") as f:
-        assert f.attrs["format_version"] == 1 and len(f.attrs["config_hash"]) == 64
+        assert f.attrs["format_version"] == FORMAT_VERSION and len(f.attrs["config_hash"]) == 64
         assert "package_version" in f.attrs
     model = load_model(cfg)
     assert len(model.ids) == 50 and model.n == 46 and model.t == 8

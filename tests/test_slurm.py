@@ -276,31 +276,32 @@ def test_time_limit_signal_with_real_megalmm_checkpoints_and_requeues(sim_dir, t
     env = dict(env, MEGALMM=str(megalmm), SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_JOB_ID="55",
                SLURM_CPUS_PER_TASK="2")
     out_file = tmp_path / "job.out"
+    chain = ChainFile(tmp_path / "slurm_term" / "chains" / "chain_1.h5")
     with open(out_file, "w") as out:
         proc = subprocess.Popen(["bash", str(SAMPLE), str(cfg)], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while "starting at iteration" not in out_file.read_text() and time.time() < deadline:
+        while not (chain.exists() and chain.progress().iteration > 0):  # a first checkpoint
             assert proc.poll() is None, out_file.read_text()
-            time.sleep(0.1)
-        time.sleep(1.5)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, out_file.read_text()
     assert "checkpoint written" in out_file.read_text()
     assert calls(log) == ["scontrol requeue 55_1"]
-    chain = tmp_path / "slurm_term" / "chains" / "chain_1.h5"
-    stopped_at = int(ChainFile(chain).attrs()["iteration"])
+    stopped_at = chain.progress().iteration
     assert stopped_at > 0
-    assert not Path(str(chain) + ".lock").exists()
+    assert not Path(chain.path + ".lock").exists()
     # the re-queued task resumes from the checkpoint
     proc = subprocess.Popen(["bash", str(SAMPLE), str(cfg)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    time.sleep(0.5)
+    lines = []
+    for line in proc.stdout:  # until megalmm says where it resumes
+        lines.append(line)
+        if "resuming at iteration" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
-    if "resuming" in out:  # TERM may arrive before megalmm prints (then it dies before sampling)
-        assert f"resuming at iteration {stopped_at}" in out
+    assert f"resuming at iteration {stopped_at}" in out
 
 
 def test_term_during_prepare_also_requeues(fakes):
