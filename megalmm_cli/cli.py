@@ -36,6 +36,10 @@ def _echo(message: str) -> None:
     click.echo(message)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"megalmm: warning: {message}", err=True)
+
+
 def _run(action, verbose: bool):
     """Run a command body: user errors -> one line + exit 2, others -> exit 1."""
     try:
@@ -466,7 +470,8 @@ def predict(config, verbose, new_kinship, test_file):
     def action():
         from .predict import run_predict
 
-        run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file)
+        run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file,
+                    warn=_warn)
 
     _run(action, verbose)
 
@@ -489,7 +494,7 @@ def summarize(config, verbose):
     def action():
         from .summarize import run_summarize
 
-        run_summarize(_load(config), echo=_echo)
+        run_summarize(_load(config), echo=_echo, warn=_warn)
 
     _run(action, verbose)
 

@@ -380,8 +380,14 @@ class _Checker:
         """A path relative to the config file's directory, returned absolute."""
         text = self.text(value, key)
         path = _absolute(self.base / Path(text).expanduser())
-        if suffixes and path.suffix.lower() not in suffixes:
-            self.fail(key, f"must be a {_or(suffixes)} file, got {text!r}")
+        suffix = path.suffix.lower()
+        if suffix == ".gz" and Path(path.stem).suffix.lower() in TABLE_SUFFIXES:
+            suffix = Path(path.stem).suffix.lower()  # a gzip-compressed table: .csv.gz
+        if suffixes and suffix not in suffixes:
+            self.fail(key, f"must be a {_or(suffixes)} file (tables may be gzip-compressed: "
+                           f".csv.gz), got {text!r}")
+        if must_exist and path.is_dir():
+            self.fail(key, f"{path} is a directory, not a file; name the file")
         if must_exist and not path.is_file():
             self.fail(key, f"file not found: {path}; paths are relative to the config file's "
                            f"directory ({self.base})")

@@ -11,8 +11,10 @@ ends. Ids are read as strings and stripped of surrounding whitespace.
 from __future__ import annotations
 
 import csv
+import gzip
 import sys
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +79,27 @@ def _first(items: Sequence, k: int = SHOW_FIRST) -> str:
 
 
 def _separator(path: Path) -> str:
-    return "\t" if path.suffix.lower() in TAB_SUFFIXES else ","
+    """Tab for .tsv/.txt/.tab (also gzip-compressed: .tsv.gz), else comma."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return "\t" if suffixes and suffixes[-1] in TAB_SUFFIXES else ","
+
+
+def _is_gzip(path: Path) -> bool:
+    """True for a gzip-compressed file (by its first two bytes, whatever its name)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def _open_text(path: Path):
+    """The file as UTF-8 text (a byte-order mark skipped), decompressed if it is gzip."""
+    if _is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,11 @@ def _scan_structure(path: Path, sep: str, source: str) -> tuple[list[str], np.nd
         header, lines, widths = _record_widths(path, sep)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; check the path in the config") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a file; check the path in the config") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise UserError(f"{source}: the gzip data is damaged or truncated ({err}); "
+                        "compress the file again") from None
     except UnicodeDecodeError as err:
         raise UserError(f"{source}: is not UTF-8 text ({err.reason}); save it as UTF-8 CSV/TSV") from None
     except csv.Error as err:
@@ -135,7 +162,7 @@ def _is_blank(row: list[str]) -> bool:
 
 def _record_widths(path: Path, sep: str) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
     """Header fields, then for every later non-blank record: its first line (1-based) and field count."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with _open_text(path) as fh:
         reader = csv.reader(fh, delimiter=sep)
         header = next((row for row in reader if not _is_blank(row)), None)
         if header is None:
@@ -148,7 +175,7 @@ def _record_widths(path: Path, sep: str) -> tuple[list[str] | None, np.ndarray, 
         return header, lines[widths > 0], widths[widths > 0]
 
     lines, widths, end = [], [], 0  # slow path: look at every record
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with _open_text(path) as fh:
         reader = csv.reader(fh, delimiter=sep)
         for row in reader:
             start, end = end + 1, reader.line_num
@@ -192,6 +219,7 @@ def _read_table(
                 header=0,
                 index_col=False,
                 encoding="utf-8-sig",
+                compression="gzip" if _is_gzip(path) else None,
                 dtype={c: str for c in text},
                 keep_default_na=False,
                 na_values={c: list(missing_values) for c in header if c not in text},
@@ -575,6 +603,7 @@ def _read_plink(prefix: Path) -> tuple[list[str], np.ndarray]:
     for suffix in (".bed", ".bim", ".fam"):
         if not Path(str(prefix) + suffix).exists():
             raise UserError(f"{prefix}{suffix}: file not found; check the kinship plink prefix")
+    _check_bed_size(prefix)
     try:
         with open_bed(bed) as reader:
             ids = [str(x).strip() for x in reader.iid]
@@ -584,6 +613,31 @@ def _read_plink(prefix: Path) -> tuple[list[str], np.ndarray]:
             f"{bed.name}: cannot be read as PLINK ({err}); check the .bed/.bim/.fam files"
         ) from None
     return ids, genotypes
+
+
+def _check_bed_size(prefix: Path) -> None:
+    """A SNP-major .bed holds 3 header bytes and ceil(n / 4) bytes per marker, for the n
+    individuals of the .fam and the markers of the .bim: say which files disagree."""
+    def count_lines(path: Path) -> int:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    bed, bim, fam = (Path(str(prefix) + s) for s in (".bed", ".bim", ".fam"))
+    n, m = count_lines(fam), count_lines(bim)
+    size = bed.stat().st_size
+    with open(bed, "rb") as fh:
+        magic = fh.read(3)
+    if magic != b"\x6c\x1b\x01":
+        raise UserError(f"{bed.name}: is not a SNP-major PLINK 1 .bed file (its first bytes are "
+                        f"{magic.hex() or 'missing'}); write it with plink --make-bed")
+    expected = 3 + m * ((n + 3) // 4)
+    if size != expected:
+        cause = ("is truncated (an interrupted copy or download?)" if size < expected
+                 else "is longer than they say")
+        raise UserError(
+            f"{bed.name}: has {size} bytes, but {bim.name} lists {m} markers and {fam.name} {n} "
+            f"individuals, which take {expected} bytes: the .bed {cause}, or the .bim/.fam belong "
+            "to another data set; use the three files plink wrote together")
 
 
 def _read_genotype_table(path: Path) -> tuple[list[str], np.ndarray]:

@@ -1,6 +1,7 @@
 """Headless PNG plots for `megalmm summarize`: trace plots, a genetic correlation heatmap and
 h2 per trait with intervals."""
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+# labels in scripts the bundled font lacks (CJK ids, say) are drawn as boxes: not a problem
+# worth a warning in the user's terminal
+warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
 MAX_LABELS = 60
 

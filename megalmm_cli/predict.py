@@ -9,24 +9,18 @@ from .config import Config
 from .errors import UserError
 from .posterior import RunningMoments
 from .prepare import read_effect_names, read_test_cells
-from .runinfo import chain_paths, sampling_hash
+from .outputs import replaced_directory
+from .runinfo import chains_for_reading
 from .storage import ChainFile
 
 
-def pooled_moments(config: Config, name: str) -> RunningMoments:
-    """Combine one running mean/M2 over every chain of the run (weighted by draw counts)."""
-    paths = chain_paths(config)
-    if not paths:
-        raise UserError(f"{config.path.name}: no chains under {Path(config.run.output_dir) / 'chains'}; "
-                        "run `megalmm sample` first")
-    expected_hash = sampling_hash(config)
+def pooled_moments(config: Config, name: str, paths=None) -> RunningMoments:
+    """Combine one running mean/M2 over the chains of the run (weighted by draw counts).
+    paths: the chain files (default: runinfo.chains_for_reading)."""
+    paths = chains_for_reading(config) if paths is None else paths
     total = None
     for path in paths:
         chain = ChainFile(path)
-        attrs = chain.attrs()
-        if attrs.get("config_hash") != expected_hash:
-            raise UserError(f"{path}: was sampled with a different config; move it aside or "
-                            "re-run `megalmm sample` for it")
         means = chain.read_means()
         if f"{name}.mean" not in means:
             raise UserError(f"{path}: holds no posterior mean of {name}; add it to posterior.means "
@@ -50,9 +44,7 @@ def pooled_moments(config: Config, name: str) -> RunningMoments:
 
 def write_matrix(path: Path, ids, traits, values: np.ndarray) -> None:
     frame = pd.DataFrame(values, index=pd.Index(ids, name="id"), columns=list(traits))
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, float_format="%.6g")
-    tmp.replace(path)
+    frame.to_csv(path, float_format="%.6g")
 
 
 def test_accuracy(observed, predictions: dict, rows, cols, traits) -> pd.DataFrame:
@@ -90,41 +82,52 @@ def read_test_file(path, ids, traits) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return cells.rows, cells.cols, cells.values
 
 
-def run_predict(config: Config, echo=print, new_kinship=None, test_file=None) -> Path:
+def run_predict(config: Config, echo=print, new_kinship=None, test_file=None, warn=None) -> Path:
+    """Write predictions/ from the chains: every input is read and checked and every table
+    computed first; the directory is then replaced whole (a failed or killed run leaves the
+    previous predictions as they were)."""
+    paths = chains_for_reading(config, warn)
     ids, traits, rows, cols, values = read_test_cells(config)
     if test_file is not None:
         rows, cols, values = read_test_file(test_file, ids, traits)
-    out = Path(config.run.output_dir) / "predictions"
-    out.mkdir(parents=True, exist_ok=True)
-    genetic = pooled_moments(config, "U")
-    write_matrix(out / "U.csv", ids, traits, genetic.mean)
-    write_matrix(out / "U_sd.csv", ids, traits, genetic.sd())
+    genetic = pooled_moments(config, "U", paths)
+    tables = {"U.csv": (ids, genetic.mean), "U_sd.csv": (ids, genetic.sd())}
     predictions = {"U": genetic.mean}
     try:
-        expected = pooled_moments(config, "eta_hat")
-        write_matrix(out / "eta_hat.csv", ids, traits, expected.mean)
+        expected = pooled_moments(config, "eta_hat", paths)
+        tables["eta_hat.csv"] = (ids, expected.mean)
         predictions["eta_hat"] = expected.mean
     except UserError:
         expected = None
-    echo(f"wrote {out / 'U.csv'}, U_sd.csv" + (", eta_hat.csv" if expected is not None else "")
-         + f" ({len(ids)} individuals x {len(traits)} traits, {genetic.count} draws)")
+    notes = ["wrote {out}/U.csv, U_sd.csv" + (", eta_hat.csv" if expected is not None else "")
+             + f" ({len(ids)} individuals x {len(traits)} traits, {genetic.count} draws)"]
     names = read_effect_names(config)
     if len(names) > 1:
-        by_effect = pooled_moments(config, "U_by_effect")
+        by_effect = pooled_moments(config, "U_by_effect", paths)
         for e, name in enumerate(names):
-            write_matrix(out / f"U_{name}.csv", ids, traits, by_effect.mean[e])
-            write_matrix(out / f"U_{name}_sd.csv", ids, traits, by_effect.sd()[e])
-        echo(f"wrote the genetic values of each random effect: "
-             + ", ".join(f"U_{name}.csv" for name in names) + " (and their _sd.csv); they sum to U")
+            tables[f"U_{name}.csv"] = (ids, by_effect.mean[e])
+            tables[f"U_{name}_sd.csv"] = (ids, by_effect.sd()[e])
+        notes.append("wrote the genetic values of each random effect: "
+                     + ", ".join(f"U_{name}.csv" for name in names) + " (and their _sd.csv); they sum to U")
+    accuracy = None
     if rows.size:
-        table = test_accuracy(values, predictions, rows, cols, traits)
-        table.to_csv(out / "test_accuracy.csv", index=False, float_format="%.4f")
-        mean = table.iloc[-1]
-        echo(f"wrote {out / 'test_accuracy.csv'}: {rows.size} test cells, mean correlation "
-             + ", ".join(f"{c[4:]} {mean[c]:.3f}" for c in table.columns if c.startswith("cor_")))
+        accuracy = test_accuracy(values, predictions, rows, cols, traits)
+        mean = accuracy.iloc[-1]
+        notes.append(f"wrote {{out}}/test_accuracy.csv: {rows.size} test cells, mean correlation "
+                     + ", ".join(f"{c[4:]} {mean[c]:.3f}" for c in accuracy.columns if c.startswith("cor_")))
     if new_kinship is not None:
-        predict_new(config, new_kinship, genetic.mean, out, echo=echo)
-    return out
+        new_tables, new_notes = predict_new(config, new_kinship, genetic.mean)
+        tables.update(new_tables)
+        notes += new_notes
+    final = Path(config.run.output_dir) / "predictions"
+    with replaced_directory(final) as out:
+        for name, (row_ids, matrix) in tables.items():
+            write_matrix(out / name, row_ids, traits, matrix)
+        if accuracy is not None:
+            accuracy.to_csv(out / "test_accuracy.csv", index=False, float_format="%.4f")
+    for note in notes:
+        echo(note.replace("{out}", str(final)))
+    return final
 
 
 # ----------------------------------------------------------------------------- new individuals
@@ -213,7 +216,7 @@ def _b1_mean(config: Config):
     import h5py
 
     total, count = None, 0
-    for path in chain_paths(config):
+    for path in chains_for_reading(config):
         with h5py.File(path, "r") as f:
             if "samples" not in f or "B1" not in f["samples"]:
                 return None
@@ -252,8 +255,9 @@ def _new_design(config: Config, model, new_ids) -> np.ndarray | None:
     return x1[N:]
 
 
-def predict_new(config: Config, kinship_file, genetic_mean: np.ndarray, out: Path, echo=print) -> Path:
-    """U_new = K_nm K_mm^+ E[U_m] (and eta_hat_new = X1_new E[B1] + U_new when possible)."""
+def predict_new(config: Config, kinship_file, genetic_mean: np.ndarray) -> tuple[dict, list]:
+    """U_new = K_nm K_mm^+ E[U_m] (and eta_hat_new = X1_new E[B1] + U_new when possible).
+    Returns the tables ({file name: (ids, matrix)}) and the lines to report."""
     from .prepare import load_model
 
     model = load_model(config)
@@ -263,25 +267,22 @@ def predict_new(config: Config, kinship_file, genetic_mean: np.ndarray, out: Pat
     rows = np.array([index[x] for x in cond_ids], dtype=np.int64)
     k_mm = modelled_kinship(config, [model.ids[i] for i in rows])
     u_new = conditional_map(k_nm, k_mm) @ genetic_mean[rows]
-    path = out / "U_new.csv"
-    write_matrix(path, new_ids, model.traits, u_new)
-    echo(f"wrote {path} ({len(new_ids)} new individuals x {len(model.traits)} traits, conditioned on "
-         f"{len(cond_ids)} modelled individuals); U_sd is not reported for new individuals")
+    tables = {"U_new.csv": (new_ids, u_new)}
+    notes = [f"wrote {{out}}/U_new.csv ({len(new_ids)} new individuals x {len(model.traits)} traits, "
+             f"conditioned on {len(cond_ids)} modelled individuals); U_sd is not reported for new "
+             "individuals"]
     if model.x2_all.shape[1]:
-        echo("note: eta_hat_new.csv not written: model.factor_fixed is set")
-        return path
+        return tables, notes + ["note: eta_hat_new.csv not written: model.factor_fixed is set"]
     b1 = _b1_mean(config)
     if b1 is None:
-        echo("note: eta_hat_new.csv not written: no stored B1 draws (add B1 to posterior.samples)")
-        return path
+        return tables, notes + ["note: eta_hat_new.csv not written: no stored B1 draws (add B1 to "
+                                "posterior.samples)"]
     x1_new = _new_design(config, model, new_ids)
     if x1_new is None:
-        echo("note: eta_hat_new.csv not written: the new individuals lack covariates of model.fixed "
-             "(or their levels differ from the training ones)")
-        return path
+        return tables, notes + ["note: eta_hat_new.csv not written: the new individuals lack "
+                                "covariates of model.fixed (or their levels differ from the training ones)"]
     eta = x1_new @ b1 + u_new
     if "Intercept" not in model.x1_names:
         eta = eta + model.trait_mean[None, :]
-    write_matrix(out / "eta_hat_new.csv", new_ids, model.traits, eta)
-    echo(f"wrote {out / 'eta_hat_new.csv'}")
-    return path
+    tables["eta_hat_new.csv"] = (new_ids, eta)
+    return tables, notes + ["wrote {out}/eta_hat_new.csv"]

@@ -21,7 +21,7 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
 from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count
-from .lock import prepare_lock
+from .lock import prepare_lock, remove_if_stale
 from .rawh5 import install, remove_stale_temporaries, temporary_path
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
@@ -453,6 +453,7 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     """
     path = prepared_path(config)
     if not force and is_up_to_date(config):
+        remove_if_stale(path)  # the lock of an earlier prepare killed at its very end
         echo(f"{path} is up to date with {config.path.name}; nothing to do (--force rebuilds)")
         return False
     inputs = load_inputs(config)  # every input is checked before anything is written

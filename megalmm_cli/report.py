@@ -255,7 +255,7 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
     """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
     from . import plots
     from .prepare import prepared_path
-    from .runinfo import chain_paths
+    from .runinfo import chains_for_reading
 
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,7 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
         settings={"factors": config.model.factors, "h2_divisions": config.model.h2_divisions,
                   "burn_in": m.burn_in, "samples": m.samples, "thin": m.thin, "chains": m.chains,
                   "seed": config.run.seed},
-        chains=chain_facts(chain_paths(config)), diagnostics=diag, h2=h2_table,
+        chains=chain_facts(chains_for_reading(config)), diagnostics=diag, h2=h2_table,
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
         h2_by_effect=h2_by_effect,
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",

@@ -10,7 +10,8 @@ from .config import Config
 from .errors import UserError
 from .posterior import covariances, u_cell_indices
 from .prepare import prepared_path, read_effect_names
-from .runinfo import chain_paths, sampling_hash
+from .outputs import replaced_directory
+from .runinfo import chains_for_reading, require_prepared
 from .storage import ChainFile
 
 NEEDED = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec")
@@ -30,17 +31,12 @@ def hpd_interval(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.
     return low, high
 
 
-def load_chain_draws(config: Config, names=NEEDED) -> dict:
-    """Draws of the named parameters per chain: name -> [(S_c, ...) for each chain]."""
-    paths = chain_paths(config)
-    if not paths:
-        raise UserError(f"{config.path.name}: no chains to summarise; run `megalmm sample` first")
-    expected = sampling_hash(config)
+def load_chain_draws(config: Config, names=NEEDED, warn=None) -> dict:
+    """Draws of the named parameters per chain (chains 1..mcmc.chains):
+    name -> [(S_c, ...) for each chain]."""
     out = {name: [] for name in names}
-    for path in paths:
+    for path in chains_for_reading(config, warn):
         chain = ChainFile(path)
-        if chain.attrs().get("config_hash") != expected:
-            raise UserError(f"{path}: was sampled with a different config; move it aside")
         for name in names:
             try:
                 out[name].append(chain.read_samples(name))
@@ -48,7 +44,8 @@ def load_chain_draws(config: Config, names=NEEDED) -> dict:
                 raise UserError(f"{path}: no draws of {name}; add it to posterior.samples "
                                 "and sample again") from None
     if sum(len(d) for d in out[names[0]]) == 0:
-        raise UserError(f"{config.path.name}: the chains hold no draws yet")
+        raise UserError(f"{config.path.name}: the chains hold no draws yet; let `megalmm sample "
+                        f"{config.path}` run past burn-in first")
     return out
 
 
@@ -56,7 +53,7 @@ def load_optional_chain_draws(config: Config, name: str):
     """Per-chain draws [(S_c, ...)] of `name`, or None when some chain does not hold it
     (older chains, or the parameter was not recorded)."""
     out = []
-    for path in chain_paths(config):
+    for path in chains_for_reading(config):
         try:
             out.append(ChainFile(path).read_samples(name))
         except KeyError:
@@ -187,7 +184,17 @@ def diagnostics_table(names: list, series: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"param": names, **convergence(series)})
 
 
-def run_summarize(config: Config, echo=print) -> Path:
+def run_summarize(config: Config, echo=print, warn=None) -> Path:
+    """Write summary/ (replaced whole: a failed or killed run leaves the previous one)."""
+    require_prepared(config)
+    final = Path(config.run.output_dir) / "summary"
+    per_chain = load_chain_draws(config, warn=warn)  # every input checked before writing
+    with replaced_directory(final) as out:
+        _summarize(config, per_chain, out, lambda text: echo(text.replace(str(out), str(final))))
+    return final
+
+
+def _summarize(config: Config, per_chain: dict, out: Path, echo) -> None:
     import h5py
 
     with h5py.File(prepared_path(config), "r") as f:
@@ -195,7 +202,6 @@ def run_summarize(config: Config, echo=print) -> Path:
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         n_train = int(f.attrs["n_train"])
     effect_names = read_effect_names(config)
-    per_chain = load_chain_draws(config)
     by_effect = {}
     for name in ("f_h2", "resid_h2"):  # several effects: (S, m, .) -> totals, kept by effect
         if per_chain[name] and per_chain[name][0].ndim == 3:
@@ -212,8 +218,6 @@ def run_summarize(config: Config, echo=print) -> Path:
         genetic += cov["G"] / n_draws
         residual += cov["R"] / n_draws
         h2[s] = cov["h2"]
-    out = Path(config.run.output_dir) / "summary"
-    out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(genetic, index=traits, columns=traits).to_csv(out / "G.csv", float_format="%.6g")
     pd.DataFrame(residual, index=traits, columns=traits).to_csv(out / "R.csv", float_format="%.6g")
     low, high = hpd_interval(h2)
@@ -277,4 +281,3 @@ def run_summarize(config: Config, echo=print) -> Path:
     report = write_plots_and_report(config, out, traits, genetic, table, diag, names, series,
                                     g_low, g_high, h2_by_effect=shares_table)
     echo(f"wrote {out}/plots/ and the report: {report}")
-    return out

@@ -1,3 +1,5 @@
+import multiprocessing
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -63,3 +65,34 @@ def numba_threads(n):
         yield
     finally:
         numba.set_num_threads(old)
+
+
+def _cli(args, env):
+    """Child process body: the megalmm command line with `args` (exit code as its own)."""
+    os.environ.update(env)
+    from megalmm_cli.cli import main
+
+    main(args, prog_name="megalmm")
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    """Runs of the megalmm command line forked from a server process that has imported
+    megalmm but never run a numba kernel (so forking is safe): each starts in a fraction of
+    a second."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["megalmm_cli.cli", "megalmm_cli.chain", "megalmm_cli.prepare",
+                                "megalmm_cli.predict", "megalmm_cli.summarize"])
+    return ctx
+
+
+def start(ctx, args, env=None):
+    proc = ctx.Process(target=_cli, args=(args, dict(env or {})))
+    proc.start()
+    return proc
+
+
+def finish(ctx, args, env=None, timeout=300):
+    proc = start(ctx, args, env)
+    proc.join(timeout)
+    return proc.exitcode

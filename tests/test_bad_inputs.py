@@ -118,7 +118,68 @@ CASES = [
                                                edit(c, "model.random", ["id", "Population"]),
                                                _replace_value(d, "L3", "Population", "NA")),
      ["pheno.csv", "'L3'", "grouping column 'Population'"]),
+    # PLINK and HDF5 kinships
+    ("truncated_bed", lambda c, d: _plink(c, d, lambda p: _truncate(p.with_suffix(".bed"))),
+     ["geno.bed", "truncated", "geno.bim lists 40 markers", "geno.fam 12 individuals"]),
+    ("fam_count_disagrees", lambda c, d: _plink(c, d, lambda p: _drop_last_line(p.with_suffix(".fam"), 4)),
+     ["geno.bed", "geno.fam 8 individuals", "another data set"]),
+    ("bim_count_disagrees", lambda c, d: _plink(c, d, lambda p: _drop_last_line(p.with_suffix(".bim"))),
+     ["geno.bed", "geno.bim lists 39 markers"]),
+    ("bed_not_plink", lambda c, d: _plink(c, d, lambda p: p.with_suffix(".bed").write_bytes(b"hello")),
+     ["geno.bed", "not a SNP-major PLINK"]),
+    ("h5_kinship_not_square", lambda c, d: _h5_kinship(c, d, np.ones((12, 11))), ["K.h5", "not square"]),
+    ("h5_kinship_ids_disagree", lambda c, d: _h5_kinship(c, d, np.eye(12), IDS[:10]),
+     ["K.h5", "12 x 12", "'ids' has 10"]),
+    ("h5_kinship_no_dataset", lambda c, d: _h5_kinship(c, d, np.eye(12), name="K2"), ["K.h5", "no dataset 'K'"]),
+    ("damaged_gzip", lambda c, d: (d / "pheno.csv").write_bytes(_gzip_bytes((d / "pheno.csv").read_text())[:40]),
+     ["pheno.csv", "gzip", "damaged or truncated"]),
+    ("phenotype_path_is_directory", lambda c, d: ((d / "dir.csv").mkdir(), edit(c, "data.phenotypes.file", "dir.csv")),
+     ["dir.csv", "directory"]),
+    # the config file itself
+    ("config_not_a_mapping", lambda c, d: _raw_config(d, "- prepare\n- sample\n"), ["top level", "mapping"]),
+    ("empty_config", lambda c, d: _raw_config(d, ""), ["run.yaml", "empty"]),
+    ("unknown_posterior_dtype", lambda c, d: edit(c, "posterior.dtype", "float16"),
+     ["posterior.dtype", "float32, float64"]),
 ]
+
+
+def _plink(cfg, d, spoil):
+    """Write the genotypes as PLINK geno.bed/.bim/.fam, name them in the config, spoil one."""
+    from bed_reader import to_bed
+
+    lines = (d / "geno.csv").read_text().splitlines()[1:]
+    values = np.array([[float(v) for v in line.split(",")[1:]] for line in lines], dtype=np.float32)
+    to_bed(d / "geno.bed", values, properties={"iid": IDS})
+    edit(cfg, "data.kinships", {"id": {"plink": "geno"}})
+    spoil(d / "geno.bed")
+
+
+def _truncate(path):
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 7)
+
+
+def _drop_last_line(path, count=1):
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-count]))
+
+
+def _h5_kinship(cfg, d, matrix, ids=IDS, name="K"):
+    import h5py
+
+    with h5py.File(d / "K.h5", "w") as h5:
+        h5[name] = matrix
+        h5["ids"] = np.array(ids, dtype=object).astype("S")
+    edit(cfg, "data.kinships", {"id": {"file": "K.h5"}})
+
+
+def _gzip_bytes(text: str) -> bytes:
+    import gzip
+
+    return gzip.compress(text.encode())
+
+
+def _raw_config(d, text):
+    (d / "raw.yaml").write_text(text)
 
 
 def _replace_value(d, row_id, trait, value):
@@ -164,6 +225,8 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path, case, change, words):
     if change is not None:
         change(cfg, tmp_path)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    if (tmp_path / "raw.yaml").exists():  # a case about the config file itself
+        (tmp_path / "raw.yaml").replace(tmp_path / "run.yaml")
     args = ["prepare", str(tmp_path / "run.yaml")]
     if case == "huge_memory":
         args += ["--max-memory", "1K"]
@@ -203,3 +266,47 @@ def test_sample_refuses_bad_iterations_and_leaves_no_chain(tmp_path):
     result = CliRunner().invoke(main, ["sample", str(tmp_path / "run.yaml"), "--iterations", "0"])
     assert result.exit_code == 2 and "--iterations" in result.stderr
     assert not (tmp_path / "out" / "chains").exists()
+
+
+def test_gzip_compressed_inputs_are_accepted(tmp_path):
+    """Phenotypes, kinship and test cells as .csv.gz give the same prepared data as plain CSV."""
+    import gzip
+
+    import h5py
+
+    cfg = base_files(tmp_path)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert CliRunner().invoke(main, ["prepare", str(tmp_path / "run.yaml")]).exit_code == 0
+    for name in ("pheno.csv", "K.csv", "test.csv"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+    cfg["run"]["output_dir"] = "out_gz"
+    edit(cfg, "data.phenotypes.file", "pheno.csv.gz")
+    edit(cfg, "data.kinships", {"id": {"file": "K.csv.gz"}})
+    edit(cfg, "data.test_cells.file", "test.csv.gz")
+    (tmp_path / "gz.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(main, ["prepare", str(tmp_path / "gz.yaml")])
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(tmp_path / "out" / "prepared.h5") as a, h5py.File(tmp_path / "out_gz" / "prepared.h5") as b:
+        for name in ("y_std", "x1_all", "factor_rot/vectors", "test_cells/values"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_non_ascii_ids_and_traits_are_accepted(tmp_path):
+    """Ids and trait names in any script go through prepare, sample, predict and summarize."""
+    cfg = base_files(tmp_path)
+    names = {f"L{i}": f"Línea_{i}_çäø_東{i}" for i in range(12)}
+    for name in ("pheno.csv", "K.csv", "test.csv"):
+        text = (tmp_path / name).read_text()
+        for old in sorted(names, key=len, reverse=True):
+            text = text.replace(old + ",", names[old] + ",").replace("," + old + "\n", "," + names[old] + "\n")
+        text = text.replace("id,Population,a,b,c", "id,Population,hauteur_é,b,c")
+        text = text.replace(",a\n", ",hauteur_é\n")
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    cfg["mcmc"]["chains"] = 1
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    for command in ("prepare", "sample", "predict", "summarize"):
+        result = CliRunner().invoke(main, [command, str(tmp_path / "run.yaml")])
+        assert result.exit_code == 0, (command, result.output, result.stderr)
+    u = (tmp_path / "out" / "predictions" / "U.csv").read_text(encoding="utf-8")
+    assert "Línea_3_çäø_東3" in u and "hauteur_é" in u.splitlines()[0]
+    assert "hauteur_é" in (tmp_path / "out" / "summary" / "h2.csv").read_text(encoding="utf-8")

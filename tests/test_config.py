@@ -300,14 +300,14 @@ BAD = [
     (DATA.replace("y.csv", "nope.csv"), "run.yaml: data.phenotypes.file: file not found: {dir}/nope.csv; "
                                         "paths are relative to the config file's directory ({dir})"),
     (DATA.replace("y.csv", "y.xlsx"), "run.yaml: data.phenotypes.file: must be a .csv, .tsv, .txt or .tab "
-                                      "file, got 'y.xlsx'"),
+                                      "file (tables may be gzip-compressed: .csv.gz), got 'y.xlsx'"),
     (DATA + "  test_cells: {file: missing.tsv}\n", "run.yaml: data.test_cells.file: file not found: "
      "{dir}/missing.tsv; paths are relative to the config file's directory ({dir})"),
     (KIN % "{plink: nope}", "run.yaml: data.kinships.Line.plink: PLINK file not found: {dir}/nope.bed; "
                             "plink is a prefix and nope.bed, .bim and .fam must all exist (paths are "
                             "relative to {dir})"),
     (KIN % "{genotypes: geno.bed}", "run.yaml: data.kinships.Line.genotypes: must be a .csv, .tsv, .txt "
-                                    "or .tab file, got 'geno.bed'"),
+                                    "or .tab file (tables may be gzip-compressed: .csv.gz), got 'geno.bed'"),
     # kinships
     (KIN % "{file: K.csv, plink: geno}",
      "run.yaml: data.kinships.Line: give exactly one of file, plink or genotypes, got file and plink"),

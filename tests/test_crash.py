@@ -9,7 +9,6 @@ checkpoints), and at named points inside a commit (MEGALMM_TEST_KILL_AT, see
 megalmm_cli/faults.py), so that every step of a checkpoint is interrupted at least once.
 """
 
-import multiprocessing
 import os
 import signal
 import time
@@ -21,38 +20,12 @@ import yaml
 
 from megalmm_cli.storage import ChainFile
 
+from .conftest import finish, start
+
 COMMIT_POINTS = ["commit:draws_written", "commit:state_half_written", "commit:state_written",
                  "commit:marker_written", "rewrite:before_rename", "create:before_rename"]
 CACHE_POINTS = ["cache:slice_written", "cache:flag_written", "cache:created", "cache:copied",
                 "prepare:before_rename"]
-
-
-def _cli(args, env):
-    """Child process body: the megalmm command line with `args` (exit code as its own)."""
-    os.environ.update(env)
-    from megalmm_cli.cli import main
-
-    main(args, prog_name="megalmm")
-
-
-@pytest.fixture(scope="module")
-def forkserver():
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["megalmm_cli.cli", "megalmm_cli.chain", "megalmm_cli.prepare",
-                                "megalmm_cli.predict", "megalmm_cli.summarize"])
-    return ctx
-
-
-def start(ctx, args, env=None):
-    proc = ctx.Process(target=_cli, args=(args, dict(env or {})))
-    proc.start()
-    return proc
-
-
-def finish(ctx, args, env=None, timeout=300):
-    proc = start(ctx, args, env)
-    proc.join(timeout)
-    return proc.exitcode
 
 
 def datasets(path) -> dict:
