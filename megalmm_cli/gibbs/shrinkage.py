@@ -3,23 +3,38 @@
 Lambda's prior precision is relative: lambda_lj ~ N(0, 1 / (tot_eta_prec_j * lambda_prec_lj)).
 """
 
-import ctypes
-
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit
-from numba.extending import get_cython_function_address
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
 
 from .random import standard_gammas
 
 
 # scipy's regularised upper incomplete gamma and its inverse, called from numba through
-# scipy.special.cython_special's C entry points (the same code as scipy.special's ufuncs)
-_C_DOUBLE_2 = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double, ctypes.c_double)
-_gammaincc = _C_DOUBLE_2(get_cython_function_address("scipy.special.cython_special", "gammaincc"))
-_gammainccinv = _C_DOUBLE_2(get_cython_function_address("scipy.special.cython_special", "gammainccinv"))
+# scipy.special.cython_special's C entry points (the same code as scipy.special's ufuncs).
+# They are linked by symbol name, registered here in every process, so the compiled kernels
+# hold no process-specific address and numba can cache them on disk.
+def _c_function(symbol: str, name: str):
+    llvm.add_symbol(symbol, get_cython_function_address("scipy.special.cython_special", name))
+
+    @intrinsic
+    def call(typingctx, a, x):
+        def codegen(context, builder, signature, args):
+            fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), ir.DoubleType()])
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty, symbol), args)
+        return types.float64(types.float64, types.float64), codegen
+
+    return call
 
 
-@njit
+_gammaincc = _c_function("megalmm_scipy_gammaincc", "gammaincc")
+_gammainccinv = _c_function("megalmm_scipy_gammainccinv", "gammainccinv")
+
+
+@njit(cache=True)
 def truncated_gamma_above_one(shape, rate, uniform):
     """Gamma(shape, rate) truncated to [1, inf) by the inverse CDF of its upper tail."""
     tail = _gammaincc(shape, rate)
@@ -28,7 +43,7 @@ def truncated_gamma_above_one(shape, rate, uniform):
     return max(1.0, _gammainccinv(shape, tail * (1.0 - uniform)) / rate)
 
 
-@njit
+@njit(cache=True)
 def _delta_sweeps(delta, half_ss, shapes, rates0, std_gammas, uniforms):
     """`iterations` sweeps of the ARD delta_h | rest, in place.
 
