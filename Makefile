@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/megalmm summarize $(DEMO_CONFIG)
 	@echo "Demo finished. Results: runs/example/predictions/ (U.csv, U_sd.csv, eta_hat.csv, test_accuracy.csv) and runs/example/summary/ (G.csv, R.csv, h2.csv)"
 
+# the tests run on every core (at most 4 processes), each test on whichever worker is free
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampler.py

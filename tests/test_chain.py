@@ -117,6 +117,7 @@ def write_config(tmp_path, name, data_dir):
     cfg["mcmc"] = {"burn_in": 40, "reorder_every": 20, "samples": 160, "thin": 2,
                    "checkpoint_every": 10, "chains": 1}
     cfg["model"]["factors"] = 4
+    cfg["missing_data"] = {"max_groups": 2}
     path = data_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -127,7 +128,7 @@ def sim_dir(tmp_path_factory):
     from megalmm_cli.simulate import simulate_data, write_simulation
 
     out = tmp_path_factory.mktemp("sim")
-    write_simulation(simulate_data(80, 30, 3, missing=0.2, seed=11, n_markers=300), out)
+    write_simulation(simulate_data(60, 12, 3, missing=0.2, seed=11, n_markers=300), out)
     return out
 
 
@@ -148,8 +149,12 @@ def stopped_process(cfg, pause_at, *extra):
 
 
 def test_sigterm_writes_checkpoint_and_exit_code(sim_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
     cfg = write_config(tmp_path, "term", sim_dir)
-    assert megalmm("prepare", str(cfg)).returncode == 0
+    assert CliRunner().invoke(main, ["prepare", str(cfg)]).exit_code == 0
     proc = stopped_process(cfg, "sample:iteration:57")
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)
@@ -158,8 +163,8 @@ def test_sigterm_writes_checkpoint_and_exit_code(sim_dir, tmp_path):
     assert "stopped by signal 15 at iteration 57; checkpoint written" in out
     chain = ChainFile(tmp_path / "term" / "chains" / "chain_1.h5")
     assert chain.progress().iteration == 57 and chain.load().iteration == 57
-    resumed = megalmm("sample", str(cfg))
-    assert resumed.returncode == 0 and "resuming at iteration 57" in resumed.stdout
+    resumed = CliRunner().invoke(main, ["sample", str(cfg)])
+    assert resumed.exit_code == 0 and "resuming at iteration 57" in resumed.output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -178,12 +183,16 @@ def test_signal_during_set_up_ends_the_command(sim_dir, tmp_path, sig):
 
 
 def test_iterations_extends_a_finished_chain(sim_dir, tmp_path):
-    cfg = write_config(tmp_path, "ext", sim_dir)
-    assert megalmm("sample", str(cfg)).returncode == 0
-    again = megalmm("sample", str(cfg))
-    assert again.returncode == 0 and "is complete" in again.stdout
-    more = megalmm("sample", str(cfg), "--iterations", "200")
-    assert more.returncode == 0, more.stderr
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    cfg = str(write_config(tmp_path, "ext", sim_dir))
+    assert CliRunner().invoke(main, ["sample", cfg]).exit_code == 0
+    again = CliRunner().invoke(main, ["sample", cfg])
+    assert again.exit_code == 0 and "is complete" in again.output
+    more = CliRunner().invoke(main, ["sample", cfg, "--iterations", "200"])
+    assert more.exit_code == 0, more.stderr
     chain = ChainFile(tmp_path / "ext" / "chains" / "chain_1.h5")
     progress = chain.progress()
     assert progress.iteration == 240 and progress.target == 240
@@ -205,8 +214,8 @@ def test_interrupted_extension_keeps_its_target(sim_dir, tmp_path):
     assert proc.returncode == 143
     status = CliRunner().invoke(main, ["status", str(cfg)])
     assert status.exit_code == 0 and "230/340" in status.output
-    plain = megalmm("sample", str(cfg))
-    assert plain.returncode == 0 and "resuming at iteration 230 of 340" in plain.stdout
+    plain = CliRunner().invoke(main, ["sample", str(cfg)])
+    assert plain.exit_code == 0 and "resuming at iteration 230 of 340" in plain.output
     chain = ChainFile(tmp_path / "target" / "chains" / "chain_1.h5")
     assert chain.progress().iteration == 340 and chain.read_samples("f_h2").shape[0] == 150
     assert "230/340" not in CliRunner().invoke(main, ["status", str(cfg)]).output

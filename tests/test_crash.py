@@ -52,8 +52,9 @@ def assert_same_datasets(a, b, ignore=()):
     assert not differ, f"datasets differ: {differ}"
 
 
-def write_config(directory, name, sim_dir, mcmc, model=None):
+def write_config(directory, name, sim_dir, mcmc, model=None, max_groups="auto"):
     cfg = yaml.safe_load((sim_dir / "config.yaml").read_text())
+    cfg["missing_data"] = {"max_groups": max_groups}
     cfg["run"] = {"name": name, "output_dir": str(directory / name), "seed": 5}
     cfg["mcmc"] = mcmc
     cfg["model"].update(model or {})
@@ -90,8 +91,8 @@ def time_to_first_checkpoint(ctx, config, chain_file) -> float:
 
 
 def test_sample_survives_sigkill_at_any_instant(forkserver, sim_dir, tmp_path):
-    whole = write_config(tmp_path, "whole", sim_dir, MCMC, {"factors": 3})
-    killed = write_config(tmp_path, "killed", sim_dir, MCMC, {"factors": 3})
+    whole = write_config(tmp_path, "whole", sim_dir, MCMC, {"factors": 3}, max_groups=2)
+    killed = write_config(tmp_path, "killed", sim_dir, MCMC, {"factors": 3}, max_groups=2)
     assert finish(forkserver, ["prepare", str(whole)]) == 0
     assert finish(forkserver, ["prepare", str(killed)]) == 0
     reference = tmp_path / "whole" / "chains" / "chain_1.h5"
