@@ -177,7 +177,7 @@ def test_term_to_batch_shell_is_forwarded_and_requeues(fakes, tmp_path):
     env = dict(env, FAKE_WAIT_FOR_TERM=str(ready), **{k: str(v) for k, v in ARRAY.items()})
     proc = subprocess.Popen(["bash", str(SAMPLE), "run.yaml"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while not ready.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert ready.exists()
