@@ -13,7 +13,8 @@ import numpy as np
 
 from .faults import kill_point, pause_point
 from .model import Model
-from .posterior import (RunningMoments, draw, genetic_and_expected, model_u_cells, random_effects,
+from .accumulate import EMPTY, add_draw
+from .posterior import (RunningMoments, draw, factor_parts, model_u_cells, random_effects,
                         random_effects_by_effect)
 from .sampler import gibbs_iteration, reorder_factors
 from .signals import StopRequested
@@ -70,16 +71,28 @@ def _imputing(model: Model) -> list[bool]:
     return [g.miss_rows.size > 0 for g in model.groups]
 
 
+def _imputed_cells(g):
+    """(rows, cols) of a group's imputed cells, in the order of g.miss_rows."""
+    return g.miss_rows, np.repeat(np.arange(g.cols.size), np.diff(g.miss_ptr))
+
+
 def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elapsed: float) -> Checkpoint:
-    """Checkpoint of a state. Groups without imputed cells keep fixed data, so their Y and U_R
-    (not carried from one iteration to the next) are not stored."""
+    """Checkpoint of a state, without what can be rebuilt exactly: of a group's data only its
+    imputed cells (the observed ones are the model's), nothing of groups without imputed
+    cells (their Y and U_R are not carried from one iteration to the next), and with the ARD
+    prior neither lambda_nu (always 1) nor lambda_prec (= lambda_phi * cumprod(delta))."""
     arrays = state.array_fields()
     imputing = _imputing(model)
-    arrays["Y"] = [y if imp else np.zeros(0) for y, imp in zip(state.Y, imputing)]
+    arrays["Y"] = [y[_imputed_cells(g)] if imp else np.zeros(0)
+                   for g, y, imp in zip(model.groups, state.Y, imputing)]
     arrays["U_R_rot"] = [u if imp else np.zeros(0) for u, imp in zip(state.U_R_rot, imputing)]
+    if model.priors.lambda_type == "ARD":
+        arrays["lambda_nu"] = arrays["lambda_prec"] = np.zeros(0)
     means = {}
     for name, mom in moments.items():
-        means[f"{name}.mean"], means[f"{name}.m2"] = mom.mean, mom.m2
+        means[f"{name}.mean"] = mom.mean
+        if mom.m2 is not None:
+            means[f"{name}.m2"] = mom.m2
         means[f"{name}.count"] = np.array(mom.count)
     rng_states = {"rng": state.rng.bit_generator.state, "pred_rng": state.pred_rng.bit_generator.state}
     return Checkpoint(state.iteration, n_draws, arrays, rng_states, means, elapsed)
@@ -90,14 +103,16 @@ def checkpoint_bytes(model: Model, mean_names) -> int:
     of `mean_names` (float64 throughout; the Generator states are not counted)."""
     n, t, k, N = model.n, model.t, model.k, len(model.ids)
     b1, b2 = model.x1_all.shape[1], model.x2_all.shape[1]
-    per_trait = b1 * t + 4 * k * t + 2 * t          # B1; Lambda, lambda_prec/phi/nu; prec, h2
+    per_loading = 2 if model.priors.lambda_type == "ARD" else 4  # Lambda, phi (, prec, nu)
+    per_trait = b1 * t + per_loading * k * t + 2 * t              # B1; loadings; prec, h2
     per_factor = 2 * n * k + 3 * k + 4 * b2 * k + 2 * k + 2   # F, U_F_rot; ...; lambda_global
-    groups = sum(g.rows.size * g.cols.size * (3 if g.miss_rows.size else 1) for g in model.groups)
+    groups = sum(g.rows.size * g.cols.size * (2 if g.miss_rows.size else 1) + g.miss_rows.size
+                 for g in model.groups)                    # Y_rot (, U_R_rot), imputed cells
     means = 0
     for name in mean_names:
         width = k if name in ("U_F", "F") else t
         rows = n if name == "F" else N
-        means += 2 * rows * width + 1
+        means += (1 if name == "eta_hat" else 2) * rows * width + 1
     if model.n_effects > 1 and "U" in mean_names:
         means += 2 * model.n_effects * N * t + 1
     return 8 * (per_trait + per_factor + groups + means)
@@ -112,11 +127,18 @@ def chain_file_bytes(model: Model, sample_shapes: dict, capacity: int, dtype, me
 
 
 def from_checkpoint(model: Model, cp: Checkpoint) -> tuple[State, dict]:
+    """The state and running moments of a checkpoint (the inverse of to_checkpoint)."""
     arrays = dict(cp.arrays)
     for gi, (g, imp) in enumerate(zip(model.groups, _imputing(model))):
-        if not imp:
-            arrays["Y"][gi] = np.ascontiguousarray(model.y_std[np.ix_(g.rows, g.cols)])
+        y = np.ascontiguousarray(model.y_std[np.ix_(g.rows, g.cols)])
+        if imp:
+            y[_imputed_cells(g)] = arrays["Y"][gi]
+        else:
             arrays["U_R_rot"][gi] = np.zeros((g.rows.size, g.cols.size))
+        arrays["Y"][gi] = y
+    if model.priors.lambda_type == "ARD":
+        arrays["lambda_nu"] = np.ones_like(arrays["lambda_phi"])
+        arrays["lambda_prec"] = arrays["lambda_phi"] * np.cumprod(arrays["delta"])[:, None]
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = cp.rng_states["rng"]
     pred_rng = np.random.Generator(np.random.PCG64())
@@ -125,7 +147,7 @@ def from_checkpoint(model: Model, cp: Checkpoint) -> tuple[State, dict]:
     names = {key.rsplit(".", 1)[0] for key in cp.means}
     moments = {
         name: RunningMoments(int(cp.means[f"{name}.count"]), cp.means[f"{name}.mean"].copy(),
-                             cp.means[f"{name}.m2"].copy())
+                             cp.means[f"{name}.m2"].copy() if f"{name}.m2" in cp.means else None)
         for name in names
     }
     return state, moments
@@ -153,8 +175,8 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
     if checkpoint is None:
         rng, pred_rng = chain_generators(seed, chain)
         state = initial_state(model, rng, pred_rng)
-        moments = {name: RunningMoments.empty((len(model.ids), model.t)) for name in mean_names
-                   if name in ("U", "eta_hat", "U_R")}
+        moments = {name: RunningMoments.empty((len(model.ids), model.t), name != "eta_hat")
+                   for name in mean_names if name in ("U", "eta_hat", "U_R")}
         moments.update({name: RunningMoments.empty((len(model.ids), model.k)) for name in mean_names
                         if name == "U_F"})
         moments.update({name: RunningMoments.empty((model.n, model.k)) for name in mean_names
@@ -206,6 +228,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
 
 def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
             u_cells=None) -> None:
+    """One stored draw: the sampled parameters into the slab, the running moments updated."""
     need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
     by_effect = None
     if need_effects and "U_by_effect" in moments:
@@ -219,12 +242,24 @@ def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
             slab[name].append(values[name])
     if not moments:
         return
-    genetic, expected = genetic_and_expected(model, state, *effects)
-    if u_cells is not None:
-        slab["U_cells"].append(genetic[u_cells[0], u_cells[1]])
+    u_f, u_r = effects
+    genetic, expected = moments.get("U"), moments.get("eta_hat")
+    if genetic is not None or expected is not None:
+        top, bottom = factor_parts(model, state, u_f)
+        count = (genetic or expected).count + 1
+        add_draw(top, bottom, u_r, model.x1_all, state.B1, model.trait_sd, model.trait_mean,
+                 count, genetic.mean if genetic else EMPTY, genetic.m2 if genetic else EMPTY,
+                 expected.mean if expected else EMPTY)
+        for mom in (genetic, expected):
+            if mom is not None:
+                mom.count = count
+        if u_cells is not None:
+            rows, cols = u_cells
+            slab["U_cells"].append((top[rows, cols] + u_r[rows, cols]) * model.trait_sd[cols])
     extra = draw(model, state, [n for n in moments if n in ("F", "U_F", "U_R")], effects)
     if by_effect is not None:  # U_e = U_F,e Lambda + U_R,e per effect, original units
         u_f_by, u_r_by = by_effect
         extra["U_by_effect"] = (u_f_by @ state.Lambda + u_r_by) * model.trait_sd
     for name, mom in moments.items():
-        mom.add(genetic if name == "U" else expected if name == "eta_hat" else extra[name])
+        if name not in ("U", "eta_hat"):
+            mom.add(extra[name])

@@ -49,6 +49,15 @@ class GroupModel:
     effect_projections: tuple = ()     # several effects: one Projection per effect (raw rows)
 
     @cached_property
+    def col_index(self):
+        """The group's traits as a slice when they are consecutive (one group of all traits,
+        typically), else as cols: indexing with a slice gives views, not copies."""
+        c = self.cols
+        if c.size and int(c[-1]) - int(c[0]) + 1 == c.size and np.all(np.diff(c) == 1):
+            return slice(int(c[0]), int(c[-1]) + 1)
+        return c
+
+    @cached_property
     def half_logdet(self) -> np.ndarray:
         """(G,) -log|V(h)| / 2 of the grid log-likelihood."""
         if self.cache is not None:

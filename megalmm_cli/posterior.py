@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .gibbs.blas import matmul
 from .gibbs.variance import sample_random_effects_general
 from .model import Model, Projection
 from .state import State
@@ -63,7 +64,7 @@ def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
     Returns (N, c): rows from Q u*, others drawn from their conditional given them.
     """
     out = np.empty((n_all, u_rot.shape[1]))
-    out[rows] = rot_vectors @ u_rot
+    out[rows] = matmul(rot_vectors, u_rot)
     if projection.other_rows.size:
         noise = projection.chol @ rng.standard_normal((projection.chol.shape[1], u_rot.shape[1]))
         out[projection.other_rows] = projection.mean_map @ u_rot + noise * sd[None, :]
@@ -81,6 +82,10 @@ def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
     u_f = _project(model.factor_rot.vectors, state.U_F_rot, model.factor_projection, N,
                    np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec), rng)
     resid_h2 = model.grid[state.resid_h2_index, 0]
+    if len(model.groups) == 1 and model.groups[0].col_index == slice(0, model.t):
+        g = model.groups[0]  # every trait in one group: no copy into a larger array
+        sd = np.sqrt(resid_h2 / state.tot_eta_prec)
+        return u_f, _project(g.rot.vectors, state.U_R_rot[0], g.projection, N, g.rows, sd, rng)
     u_r = np.empty((N, model.t))
     for gi, g in enumerate(model.groups):
         sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
@@ -133,16 +138,16 @@ def random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np
     return u_f, u_r
 
 
-def genetic_and_expected(model: Model, state: State, u_f, u_r) -> tuple[np.ndarray, np.ndarray]:
-    """Genetic values U = U_F Lambda + U_R and expected phenotypes eta_hat, original units.
-
-    eta_hat = X1 B1 + F Lambda + U_R; individuals outside the training rows take F at its
-    conditional mean X2 B2F + U_F. Both (N, t).
-    """
-    scores = np.vstack([state.F, model.x2_all[model.n:] @ state.B2F + u_f[model.n:]])
-    genetic = u_f @ state.Lambda + u_r
-    expected = model.x1_all @ state.B1 + scores @ state.Lambda + u_r
-    return genetic * model.trait_sd, expected * model.trait_sd + model.trait_mean
+def factor_parts(model: Model, state: State, u_f) -> tuple[np.ndarray, np.ndarray]:
+    """top = U_F Lambda and bottom = (scores - U_F) Lambda, both (N, t), standardised units,
+    from one product; scores are F on the training rows and their conditional mean
+    X2 B2F + U_F elsewhere. Then U = top + U_R and eta_hat = top + bottom + U_R + X1 B1."""
+    n = model.n
+    rest = np.empty_like(u_f)
+    rest[:n] = state.F - u_f[:n]
+    rest[n:] = model.x2_all[n:] @ state.B2F
+    both = matmul(np.vstack([u_f, rest]), state.Lambda)
+    return both[: u_f.shape[0]], both[u_f.shape[0]:]
 
 
 def draw(model: Model, state: State, names, effects=None) -> dict:
@@ -199,23 +204,25 @@ def covariances(lam, f_h2, resid_h2, tot_eta_prec) -> dict:
 
 @dataclass
 class RunningMoments:
-    """Running mean and sum of squared deviations (Welford), weighted by draw counts."""
+    """Running mean and sum of squared deviations (Welford), weighted by draw counts; m2 is
+    None for a mean-only accumulator (eta_hat: only its mean is reported)."""
 
     count: int
     mean: np.ndarray
-    m2: np.ndarray
+    m2: np.ndarray | None
 
     @classmethod
-    def empty(cls, shape):
-        return cls(0, np.zeros(shape), np.zeros(shape))
+    def empty(cls, shape, with_m2: bool = True):
+        return cls(0, np.zeros(shape), np.zeros(shape) if with_m2 else None)
 
     def add(self, value: np.ndarray) -> None:
         self.count += 1
         delta = value - self.mean
         self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
+        if self.m2 is not None:
+            self.m2 += delta * (value - self.mean)
 
     def sd(self) -> np.ndarray:
-        if self.count < 2:
+        if self.count < 2 or self.m2 is None:
             return np.full_like(self.mean, np.nan)
         return np.sqrt(self.m2 / (self.count - 1))

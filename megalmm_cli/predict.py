@@ -25,7 +25,7 @@ def pooled_moments(config: Config, name: str, paths=None) -> RunningMoments:
         if f"{name}.mean" not in means:
             raise UserError(f"{path}: holds no posterior mean of {name}; add it to posterior.means "
                             "and sample again")
-        mom = RunningMoments(int(means[f"{name}.count"]), means[f"{name}.mean"], means[f"{name}.m2"])
+        mom = RunningMoments(int(means[f"{name}.count"]), means[f"{name}.mean"], means.get(f"{name}.m2"))
         if mom.count == 0:
             continue
         if total is None:
@@ -34,7 +34,8 @@ def pooled_moments(config: Config, name: str, paths=None) -> RunningMoments:
             count = total.count + mom.count
             diff = mom.mean - total.mean
             mean = total.mean + diff * mom.count / count
-            m2 = total.m2 + mom.m2 + diff**2 * total.count * mom.count / count
+            m2 = (None if total.m2 is None or mom.m2 is None
+                  else total.m2 + mom.m2 + diff**2 * total.count * mom.count / count)
             total = RunningMoments(count, mean, m2)
     if total is None:
         raise UserError(f"{config.path.name}: the chains hold no posterior draws yet; let "

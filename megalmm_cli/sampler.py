@@ -26,10 +26,11 @@ def impute_missing(model: Model, state: State) -> None:
             continue
         noise = normals(state.rng, g.miss_rows.size)
         with threads_for(g.miss_rows.size * g.rows.size):
+            cols = g.col_index
             impute_cells(
-                g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, g.cols]),
-                state.F[g.rows], np.ascontiguousarray(state.Lambda[:, g.cols]), g.rot.vectors,
-                state.U_R_rot[gi], resid_sd[g.cols], noise, state.Y[gi], state.Y_rot[gi],
+                g.miss_ptr, g.miss_rows, model.x1[g.rows], np.ascontiguousarray(state.B1[:, cols]),
+                state.F[g.rows], np.ascontiguousarray(state.Lambda[:, cols]), g.rot.vectors,
+                state.U_R_rot[gi], resid_sd[cols], noise, state.Y[gi], state.Y_rot[gi],
             )
 
 
@@ -55,7 +56,7 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     """
     p = model.priors
     rng = state.rng
-    cols, cache = g.cols, g.cache
+    cols, cache = g.col_index, g.cache
     x_rot = np.hstack([g.x1_rot, f_rot])
     b1g = g.x1_rot.shape[1]
     n_g, t_g = state.Y_rot[gi].shape
@@ -78,6 +79,7 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     b1_block[g.x1_keep] = coefs[:b1g]
     state.B1[:, cols] = b1_block
     state.Lambda[:, cols] = coefs[b1g:]
+    coefs = np.ascontiguousarray(coefs)
 
     resid_rot = matmul(x_rot, coefs)
     np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
@@ -154,16 +156,17 @@ def sample_scores(model: Model, state: State) -> None:
     in_factor_basis = state.U_F_rot * f_e_prec[None, :]
     precisions = []
     for gi, g in enumerate(model.groups):
-        scaled = state.Lambda[:, g.cols] * resid_prec[None, g.cols]  # (k, t_g)
+        cols = g.col_index
+        scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
         contrib = matmul(state.Y[gi], scaled.T)
-        contrib -= model.x1[g.rows] @ (state.B1[:, g.cols] @ scaled.T)
+        contrib -= model.x1[g.rows] @ (state.B1[:, cols] @ scaled.T)
         u_part = matmul(state.U_R_rot[gi], scaled.T)
         if g.rot is model.factor_rot:
             in_factor_basis -= u_part
         else:
             contrib -= g.rot.vectors @ u_part
         rhs[g.rows] += contrib
-        precisions.append(matmul(scaled, state.Lambda[:, g.cols].T))
+        precisions.append(matmul(scaled, state.Lambda[:, cols].T))
     rhs += model.factor_rot.vectors @ in_factor_basis
     with threads_for(model.n * model.k):
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,

@@ -47,8 +47,8 @@ class Simulation:
     U_R: np.ndarray               # (n, t) residual genetic values (scaled)
     B1: np.ndarray                # (3, t) fixed effects for [1, Population==P2, x] (scaled)
     trait_scale: np.ndarray       # (t,) c_j multiplying trait j
-    G: np.ndarray                 # (t, t) genetic covariance
-    R: np.ndarray                 # (t, t) residual covariance
+    G_extra: np.ndarray           # (t,) diagonal part of G: (resid_h2 [+ block_h2]) / tot_eta_prec
+    R_extra: np.ndarray           # (t,) diagonal part of R: (1 - resid_h2 [- block_h2]) / tot_eta_prec
     h2: np.ndarray                # (t,) G_jj / (G_jj + R_jj)
     U: np.ndarray                 # (n, t) genetic values U_F Lambda + U_R (scaled)
     missing: float = 0.0          # requested missing fraction
@@ -71,9 +71,27 @@ class Simulation:
         return int(self.Lambda.shape[0])
 
     @property
+    def G(self) -> np.ndarray:
+        """(t, t) genetic covariance Lambda' diag(f_h2) Lambda + diag(G_extra) (built on demand:
+        with many traits it is gigabytes, so it is never stored)."""
+        return low_rank_plus_diagonal(self.Lambda, self.f_h2, self.G_extra)
+
+    @property
+    def R(self) -> np.ndarray:
+        """(t, t) residual covariance Lambda' diag(1 - f_h2) Lambda + diag(R_extra)."""
+        return low_rank_plus_diagonal(self.Lambda, 1.0 - self.f_h2, self.R_extra)
+
+    @property
     def X1(self) -> np.ndarray:
         """(n, 3) fixed-effect design [1, Population==P2, x]."""
         return np.column_stack([np.ones(self.n), self.populations == "P2", self.x]).astype(float)
+
+
+def low_rank_plus_diagonal(lam: np.ndarray, weights: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """lam' diag(weights) lam + diag(diagonal): lam (k, t), weights (k,), diagonal (t,) -> (t, t)."""
+    out = (lam.T * weights) @ lam
+    out[np.diag_indices(lam.shape[1])] += diagonal
+    return out
 
 
 def _names(prefix: str, count: int, min_width: int) -> tuple[str, ...]:
@@ -195,20 +213,21 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     tot_eta_prec = 1.0 / sigma2
     U = U_F @ Lambda
     U += U_R
-    G = (Lambda.T * f_h2) @ Lambda
-    G[np.diag_indices(t)] += resid_h2 * sigma2
-    R = (Lambda.T * (1.0 - f_h2)) @ Lambda
-    R[np.diag_indices(t)] += (1.0 - resid_h2) * sigma2
+    squared = Lambda * Lambda
+    g_factor, r_factor = f_h2 @ squared, (1.0 - f_h2) @ squared       # diagonals of the low rank
+    G_extra = resid_h2 * sigma2
+    R_extra = (1.0 - resid_h2) * sigma2
     h2_by_effect = None
     if n_blocks:
         U_block = U_block * c
-        R[np.diag_indices(t)] -= block_h2 * sigma2      # the block effect is not residual
+        R_extra = R_extra - block_h2 * sigma2          # the block effect is not residual
         G_block = block_h2 * sigma2
-        total = np.diag(G) + G_block + np.diag(R)
-        h2_by_effect = np.vstack([np.diag(G) / total, G_block / total])
-        G[np.diag_indices(t)] += G_block              # G: all random effects together
+        total = g_factor + G_extra + G_block + r_factor + R_extra
+        h2_by_effect = np.vstack([(g_factor + G_extra) / total, G_block / total])
+        G_extra = G_extra + G_block                   # G: all random effects together
         U += U_block
-    h2 = np.diag(G) / (np.diag(G) + np.diag(R))
+    g_diag, r_diag = g_factor + G_extra, r_factor + R_extra
+    h2 = g_diag / (g_diag + r_diag)
 
     # missing cells; new individuals are entirely unobserved
     n_pheno = n - n_new
@@ -219,7 +238,8 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
         ids=_names("ind", n, 1), traits=_names("trait", t, 3), populations=populations, x=x,
         markers=markers, kinship=kinship, Y=Y, observed=observed, n_new=n_new,
         Lambda=Lambda, f_h2=f_h2, F=F, U_F=U_F, resid_h2=resid_h2, tot_eta_prec=tot_eta_prec,
-        U_R=U_R, B1=B1, trait_scale=c, G=G, R=R, h2=h2, U=U, missing=missing, seed=seed,
+        U_R=U_R, B1=B1, trait_scale=c, G_extra=G_extra, R_extra=R_extra, h2=h2, U=U,
+        missing=missing, seed=seed,
         blocks=blocks, block_h2=block_h2, U_block=U_block, h2_by_effect=h2_by_effect,
     )
 
@@ -281,10 +301,12 @@ def write_simulation(sim: Simulation, outdir: Path, factors: int | None = None) 
     str_dt = h5py.string_dtype("utf-8")
     with h5py.File(paths["truth"], "w") as h5:
         for name in ("Lambda", "f_h2", "F", "U_F", "resid_h2", "tot_eta_prec", "U_R", "B1",
-                     "trait_scale", "G", "R", "h2", "U", "observed", "Y", "block_h2", "U_block",
-                     "h2_by_effect"):
+                     "trait_scale", "G_extra", "R_extra", "h2", "U", "observed", "Y", "block_h2",
+                     "U_block", "h2_by_effect"):
             if getattr(sim, name) is not None:
                 h5.create_dataset(name, data=getattr(sim, name))
+        h5.attrs["G"] = "Lambda' diag(f_h2) Lambda + diag(G_extra) (t x t; not stored)"
+        h5.attrs["R"] = "Lambda' diag(1 - f_h2) Lambda + diag(R_extra) (t x t; not stored)"
         h5.create_dataset("ids", data=list(sim.ids), dtype=str_dt)
         h5.create_dataset("traits", data=traits, dtype=str_dt)
         h5.attrs.update({"n": sim.n, "t": sim.t, "k": sim.k, "n_new": sim.n_new,

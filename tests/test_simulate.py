@@ -218,8 +218,11 @@ def test_write_simulation_files(small, tmp_path):
 
     with h5py.File(paths["truth"], "r") as h5:
         for name in ("Lambda", "f_h2", "F", "U_F", "resid_h2", "tot_eta_prec", "U_R", "B1",
-                     "trait_scale", "G", "R", "h2", "U", "observed", "Y"):
+                     "trait_scale", "G_extra", "R_extra", "h2", "U", "observed", "Y"):
             np.testing.assert_array_equal(h5[name][()], getattr(small, name), err_msg=name)
+        assert "G" not in h5 and "R" not in h5   # t x t: rebuilt from the parts when needed
+        lam, f_h2 = h5["Lambda"][()], h5["f_h2"][()]
+        np.testing.assert_allclose((lam.T * f_h2) @ lam + np.diag(h5["G_extra"][()]), small.G)
         assert [v.decode() for v in h5["ids"][()]] == list(small.ids)
         assert [v.decode() for v in h5["traits"][()]] == list(small.traits)
         attrs = dict(h5.attrs)
