@@ -231,4 +231,4 @@ def test_vectorised_diagnostics_equal_arviz_stats():
         for key, value in theirs.items():
             np.testing.assert_allclose(ours[key], np.asarray(value, dtype=float), rtol=1e-10,
                                        equal_nan=True, err_msg=key)
-    assert np.isnan(convergence(x)["rhat"][5]) and convergence(x)["rhat"][7] > 1.5
+    assert np.isnan(convergence(x)["rhat"][5]) and convergence(x)["rhat"][7] > 1.2
