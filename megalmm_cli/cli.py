@@ -478,14 +478,19 @@ def predict(config, verbose, new_kinship, test_file):
 
 @main.command()
 @click.argument("config", type=click.Path())
+@progress_option
 @verbose_option
-def summarize(config, verbose):
+def summarize(config, progress, verbose):
     """Write posterior summaries of G, R and trait h2, diagnostics, a report and plots.
 
-    Output under <output_dir>/summary/: G.csv, R.csv (posterior means) with G_hpd_low/high.csv
-    and R_hpd_low/high.csv (95% HPD), h2.csv (mean and HPD), diagnostics.csv (rank-normalised
-    split R-hat, bulk and tail ESS across chains), report.md, and plots/*.png. With several
-    random effects also h2_by_effect.csv (each effect's share of each trait's variance).
+    Output under <output_dir>/summary/ (replaced whole; docs/outputs.md has every column):
+    traits.csv (per trait: h2, genetic and residual variance, each random effect's share,
+    with 95% HPD), h2.csv, matrices.h5 (posterior means of G, R and the genetic
+    correlations over every trait, chunked HDF5), G.csv, R.csv, G_cor.csv and the HPD bounds
+    G_hpd_low/high.csv, R_hpd_low/high.csv for the traits chosen by summary.traits or
+    summary.top (all traits when there are at most summary.top), diagnostics.csv
+    (rank-normalised split R-hat, bulk and tail ESS across chains), report.md and plots/*.png.
+    With several random effects also h2_by_effect.csv.
 
     \b
     Example:
@@ -494,7 +499,19 @@ def summarize(config, verbose):
     def action():
         from .summarize import run_summarize
 
-        run_summarize(_load(config), echo=_echo, warn=_warn)
+        bar = _bar(progress, "summarize", unit="stage")
+
+        def stage(done, total, description):
+            bar.total = total
+            bar.set_description(description, refresh=False)
+            bar.update(done - bar.n)
+
+        try:
+            run_summarize(_load(config), echo=_echo, warn=_warn,
+                          progress=stage if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     _run(action, verbose)
 

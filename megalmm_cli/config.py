@@ -166,6 +166,15 @@ class PosteriorConfig:
     dtype: str = "float64"        # type of the stored draws (the checkpointed state is float64)
 
 
+@dataclass(frozen=True)
+class SummaryConfig:
+    traits: tuple[str, ...] = ()  # traits of the CSV matrices and heatmap (else `top` of them)
+    top: int = 300                # at most this many traits there, chosen by `by`
+    by: str = "h2"                # "h2": highest posterior mean h2; "loading": largest loadings
+    matrices: bool = True         # write matrices.h5: G, R and G_cor over every trait
+    dtype: str = "float32"        # type of the matrices in matrices.h5
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
@@ -177,6 +186,7 @@ class Config:
     missing_data: MissingDataConfig = field(default_factory=MissingDataConfig)
     mcmc: McmcConfig = field(default_factory=McmcConfig)
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,12 +655,22 @@ def _parse_posterior(ck: _Checker, raw) -> PosteriorConfig:
     })
 
 
+def _parse_summary(ck: _Checker, raw) -> SummaryConfig:
+    return _build(ck, SummaryConfig, raw, "summary", {
+        "traits": partial(ck.text_list, allow_int=True),
+        "top": partial(ck.integer, minimum=1),
+        "by": partial(ck.choice, choices=("h2", "loading")),
+        "matrices": ck.boolean,
+        "dtype": partial(ck.choice, choices=("float32", "float64")),
+    })
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
 
 _SECTIONS = ("format_version", "run", "data", "model", "priors", "missing_data", "mcmc",
-             "posterior")
+             "posterior", "summary")
 
 
 def load_config(path: str | Path) -> Config:
@@ -683,6 +703,7 @@ def load_config(path: str | Path) -> Config:
         missing_data=_parse_missing_data(ck, raw.get("missing_data")),
         mcmc=_parse_mcmc(ck, raw.get("mcmc")),
         posterior=_parse_posterior(ck, raw.get("posterior")),
+        summary=_parse_summary(ck, raw.get("summary")),
     )
 
 

@@ -153,13 +153,6 @@ def chain_lock(chain_file, wait: bool = False, what: str = "sampled"):
             lock.unlink(missing_ok=True)
 
 
-def remove_if_stale(target) -> None:
-    """Delete the lock of `target` when its holder died on this host (a killed run)."""
-    info = read_lock(target)
-    if info and is_stale(info):
-        lock_path(target).unlink(missing_ok=True)
-
-
 def prepare_lock(prepared_file):
     """One `prepare` at a time per output directory; a second one waits for the first
     (SLURM array tasks that all start with `megalmm prepare`)."""

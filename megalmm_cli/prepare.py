@@ -21,7 +21,7 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
 from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count
-from .lock import prepare_lock, remove_if_stale
+from .lock import prepare_lock
 from .rawh5 import install, remove_stale_temporaries, temporary_path
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
 from .model import GroupModel, Model, Priors, Projection, build_model, memory_cache
@@ -453,7 +453,9 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
     """
     path = prepared_path(config)
     if not force and is_up_to_date(config):
-        remove_if_stale(path)  # the lock of an earlier prepare killed at its very end
+        if path.with_name(path.name + ".lock").exists() or any(path.parent.glob("*.tmp[0-9]*")):
+            with prepare_lock(path):  # tidy what an earlier prepare left when it was killed
+                _remove_temporaries(path)
         echo(f"{path} is up to date with {config.path.name}; nothing to do (--force rebuilds)")
         return False
     inputs = load_inputs(config)  # every input is checked before anything is written
@@ -462,9 +464,15 @@ def run_prepare(config: Config, force: bool = False, max_memory: int | None = No
         if not force and is_up_to_date(config):  # another prepare finished it meanwhile
             echo(f"{path} is up to date with {config.path.name}; nothing to do (--force rebuilds)")
             return False
-        remove_stale_temporaries(path)
+        _remove_temporaries(path)
         _prepare(config, inputs, path, max_memory, progress, echo)
     return True
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Temporary files of killed prepares (the caller holds the prepare lock)."""
+    remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent / CACHE_NAME)
 
 
 def _prepare(config: Config, inputs: Inputs, path: Path, max_memory, progress, echo) -> None:

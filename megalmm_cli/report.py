@@ -30,6 +30,7 @@ class ReportInfo:
     g_high: np.ndarray | None = None
     links: dict = field(default_factory=dict)  # label -> path relative to the report
     h2_by_effect: pd.DataFrame | None = None  # trait, effect, h2_mean, hpd_low, hpd_high (m > 1)
+    subset_note: str = ""          # "300 of 20843 traits (...)" when G covers a subset
 
 
 def verdict(worst_rhat: float, min_ess: float) -> tuple[str, str]:
@@ -169,6 +170,10 @@ def _effects_section(info: ReportInfo) -> list:
 
 def _genetic_section(info: ReportInfo) -> list:
     lines = ["## Genetic covariance (G)", ""]
+    if info.subset_note:
+        lines += [(f"This section, the CSV matrices and the heatmap cover {info.subset_note}; "
+                   "G, R and the genetic correlations of every pair of traits are in "
+                   "matrices.h5."), ""]
     t = len(info.traits)
     if t < 2:
         return lines + ["Only one trait: no genetic correlations.", ""]
@@ -251,7 +256,8 @@ def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6
 
 
 def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, names, series,
-                           g_low=None, g_high=None, h2_by_effect=None) -> Path:
+                           g_low=None, g_high=None, h2_by_effect=None, subset_note="",
+                           matrices=False) -> Path:
     """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
     from . import plots
     from .prepare import prepared_path
@@ -261,7 +267,8 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots.trace_plots(plot_dir / "trace_worst.png", worst_series(diag, names, series))
     plots.genetic_correlation_heatmap(plot_dir / "genetic_correlation.png", genetic, traits)
-    plots.h2_plot(plot_dir / "h2.png", h2_table.h2_mean, h2_table.hpd_low, h2_table.hpd_high, traits)
+    plots.h2_plot(plot_dir / "h2.png", h2_table.h2_mean, h2_table.hpd_low, h2_table.hpd_high,
+                  list(h2_table.trait))
     m = config.mcmc
     info = ReportInfo(
         run_name=config.run.name, data=data_facts(prepared_path(config)),
@@ -270,8 +277,11 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
                   "seed": config.run.seed},
         chains=chain_facts(chains_for_reading(config)), diagnostics=diag, h2=h2_table,
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
-        h2_by_effect=h2_by_effect,
+        h2_by_effect=h2_by_effect, subset_note=subset_note,
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
+               "Per trait: h2, variances, intervals (traits.csv)": "traits.csv",
+               **({"G, R and genetic correlations of every trait (matrices.h5)": "matrices.h5"}
+                  if matrices else {}),
                "h2 per trait (h2.csv)": "h2.csv", "G 95% HPD lower (G_hpd_low.csv)": "G_hpd_low.csv",
                "G 95% HPD upper (G_hpd_high.csv)": "G_hpd_high.csv",
                "R 95% HPD lower (R_hpd_low.csv)": "R_hpd_low.csv",

@@ -1,64 +1,94 @@
-"""`megalmm summarize`: posterior means and intervals of G, R and h2 over all chains, and
-convergence diagnostics (R-hat, bulk and tail ESS) per chain."""
+"""`megalmm summarize`: posterior summaries over all chains, for any number of traits.
 
+Per trait (every trait): h2, each random effect's share, genetic and residual variance, with
+95% HPD intervals (traits.csv, h2.csv, h2_by_effect.csv). Over every pair of traits: the
+posterior means of G, R and the genetic correlations in matrices.h5 (covariance.py, never a
+t x t matrix per draw). Among a chosen subset of traits (summary.traits, or the summary.top
+traits by h2 or by loadings; all of them when there are few): the same matrices as CSV with
+HPD intervals, and the heatmap. Then convergence diagnostics, the report and plots.
+"""
+
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 
+from . import FORMAT_VERSION, __version__
 from .config import Config
+from .covariance import (chain_draws, effective_factors, hpd_interval, posterior_mean_matrix,
+                         subset_matrices, trait_diagonals)
+from .csvout import write_matrix_csv
 from .errors import UserError
-from .posterior import covariances, u_cell_indices
-from .prepare import prepared_path, read_effect_names
 from .outputs import replaced_directory
+from .posterior import u_cell_indices
+from .prepare import prepared_path, read_effect_names
 from .runinfo import chains_for_reading, require_prepared
 from .storage import ChainFile
 
 NEEDED = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec")
+MAX_G_MONITORED = 50
 
 
-def hpd_interval(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Shortest interval holding `prob` of the draws, per column. draws: (S, ...)."""
-    s = draws.shape[0]
-    ordered = np.sort(draws, axis=0)
-    width = max(1, int(np.ceil(prob * s)))
-    if width >= s:
-        return ordered[0], ordered[-1]
-    spans = ordered[width - 1:] - ordered[: s - width + 1]
-    start = np.argmin(spans, axis=0)
-    low = np.take_along_axis(ordered, start[None], axis=0)[0]
-    high = np.take_along_axis(ordered, (start + width - 1)[None], axis=0)[0]
-    return low, high
+@dataclass
+class ChainSummary:
+    """Per-draw per-trait quantities of one chain (S draws)."""
+
+    h2: list = field(default_factory=list)           # (s, t) blocks
+    G_var: list = field(default_factory=list)
+    R_var: list = field(default_factory=list)
+    resid_h2: list = field(default_factory=list)
+    shares: list = field(default_factory=list)       # (s, m, t) blocks, several effects
+    n_factors: list = field(default_factory=list)    # (s,) effective factors
+    loading_ss: np.ndarray | None = None             # (t,) sum over draws of sum_l Lambda_lj^2
+
+    def stack(self, name):
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else None
 
 
-def load_chain_draws(config: Config, names=NEEDED, warn=None) -> dict:
-    """Draws of the named parameters per chain (chains 1..mcmc.chains):
-    name -> [(S_c, ...) for each chain]."""
-    out = {name: [] for name in names}
-    for path in chains_for_reading(config, warn):
-        chain = ChainFile(path)
-        for name in names:
-            try:
-                out[name].append(chain.read_samples(name))
-            except KeyError:
-                raise UserError(f"{path}: no draws of {name}; add it to posterior.samples "
-                                "and sample again") from None
-    if sum(len(d) for d in out[names[0]]) == 0:
-        raise UserError(f"{config.path.name}: the chains hold no draws yet; let `megalmm sample "
-                        f"{config.path}` run past burn-in first")
+def summarize_chain(chain: ChainFile) -> ChainSummary:
+    """First pass over a chain's draws: everything per trait."""
+    out = ChainSummary()
+    for d in chain_draws(chain):
+        diag = trait_diagonals(d)
+        out.h2.append(diag["h2"])
+        out.G_var.append(diag["G_var"])
+        out.R_var.append(diag["R_var"])
+        out.resid_h2.append(d.resid_h2)
+        if "shares" in diag:
+            out.shares.append(diag["shares"])
+        out.n_factors.append(effective_factors(d.lam))
+        ss = (d.lam * d.lam).sum(axis=(0, 1))
+        out.loading_ss = ss if out.loading_ss is None else out.loading_ss + ss
     return out
 
 
-def load_optional_chain_draws(config: Config, name: str):
-    """Per-chain draws [(S_c, ...)] of `name`, or None when some chain does not hold it
-    (older chains, or the parameter was not recorded)."""
-    out = []
-    for path in chains_for_reading(config):
-        try:
-            out.append(ChainFile(path).read_samples(name))
-        except KeyError:
-            return None
-    return out
+def by_chain(per_chain: list) -> np.ndarray:
+    """Stack per-chain draws [(S_c, ...)] into (chains, min S_c, ...), dropping empty chains
+    and each longer chain's last draws so that all chains have equal length."""
+    per_chain = [d for d in per_chain if d is not None and len(d)]
+    n = min(len(d) for d in per_chain)
+    return np.stack([d[:n] for d in per_chain])
+
+
+def choose_traits(config: Config, traits: list, h2_mean: np.ndarray, loading: np.ndarray) -> np.ndarray:
+    """Indices (sorted) of the traits of the CSV matrices and heatmap."""
+    chosen = config.summary.traits
+    if chosen:
+        position = {name: j for j, name in enumerate(traits)}
+        unknown = [name for name in chosen if name not in position]
+        if unknown:
+            raise UserError(f"{config.path.name}: summary.traits: {len(unknown)} name(s) are not "
+                            f"traits of this run (first: '{unknown[0]}'); use trait names as in "
+                            "the phenotype file")
+        return np.array(sorted({position[name] for name in chosen}), dtype=np.int64)
+    top = config.summary.top
+    if len(traits) <= top:
+        return np.arange(len(traits))
+    score = h2_mean if config.summary.by == "h2" else loading
+    return np.sort(np.argsort(-score, kind="stable")[:top]).astype(np.int64)
 
 
 def u_cell_names(ids: list, traits: list, n_train: int) -> list:
@@ -67,168 +97,88 @@ def u_cell_names(ids: list, traits: list, n_train: int) -> list:
     return [f"U[{ids[i]},{traits[j]}]" for i, j in zip(rows, cols)]
 
 
-def load_draws(config: Config, names=NEEDED) -> dict:
-    """Draws of the named parameters, chains concatenated: name -> (S, ...)."""
-    return {name: np.concatenate(vals) for name, vals in load_chain_draws(config, names).items()}
-
-
-def by_chain(per_chain: list) -> np.ndarray:
-    """Stack per-chain draws [(S_c, ...)] into (chains, min S_c, ...), dropping empty chains
-    and each longer chain's last draws so that all chains have equal length."""
-    per_chain = [d for d in per_chain if len(d)]
-    n = min(len(d) for d in per_chain)
-    return np.stack([d[:n] for d in per_chain])
-
-
-def effective_factors(lam: np.ndarray, share: float = 0.01) -> np.ndarray:
-    """Number of factors whose loadings carry >= `share` of the total sum of squared
-    loadings. lam: (..., K, t) -> (...,)."""
-    ss = np.sum(lam ** 2, axis=-1)
-    total = np.sum(ss, axis=-1, keepdims=True)
-    return np.sum(ss >= share * total, axis=-1)
-
-
-def covariance_block(lam, factor_weight, resid_weight, tot_eta_prec, cols) -> np.ndarray:
-    """Draws of the columns `cols` of Lambda' diag(factor_weight) Lambda
-    + diag(resid_weight / tot_eta_prec). lam (S, K, t), factor_weight (S, K), resid_weight and
-    tot_eta_prec (S, t), cols (b,) -> (S, t, b). G takes (f_h2, resid_h2), R (1 - f_h2,
-    1 - resid_h2)."""
-    block = np.einsum("ski,sk,skj->sij", lam, factor_weight, lam[:, :, cols], optimize=True)
-    block[:, cols, np.arange(len(cols))] += resid_weight[:, cols] / tot_eta_prec[:, cols]
-    return block
-
-
-def genetic_block(lam, f_h2, resid_h2, tot_eta_prec, cols) -> np.ndarray:
-    """Draws of the columns `cols` of G (see covariance_block)."""
-    return covariance_block(lam, f_h2, resid_h2, tot_eta_prec, cols)
-
-
-def _weights(draws: dict, which: str) -> tuple[np.ndarray, np.ndarray]:
-    if which == "G":
-        return draws["f_h2"], draws["resid_h2"]
-    if which == "R":
-        return 1.0 - draws["f_h2"], 1.0 - draws["resid_h2"]
-    raise ValueError(f"unknown covariance {which!r}; use 'G' or 'R'")
-
-
-def genetic_entries(lam, f_h2, rows, cols) -> np.ndarray:
-    """Draws of off-diagonal entries G[rows[m], cols[m]]: lam (..., K, t), f_h2 (..., K)
-    -> (..., m)."""
-    return np.einsum("...km,...k,...km->...m", lam[..., rows], f_h2, lam[..., cols])
-
-
-def covariance_hpd(draws: dict, which: str = "G", prob: float = 0.95,
-                   max_elements: int = 2 ** 25):
-    """95% HPD bounds (t, t) of G (which="G") or R (which="R") from chain-concatenated draws,
-    a block of columns at a time (at most 256 columns, and at most `max_elements` draws of
-    the matrix held at once)."""
-    lam = draws["Lambda"]
-    factor_weight, resid_weight = _weights(draws, which)
-    n_draws, _, t = lam.shape
-    width = int(max(1, min(256, max_elements // max(1, n_draws * t))))
-    low, high = np.empty((t, t)), np.empty((t, t))
-    for start in range(0, t, width):
-        cols = np.arange(start, min(t, start + width))
-        block = covariance_block(lam, factor_weight, resid_weight, draws["tot_eta_prec"], cols)
-        low[:, cols], high[:, cols] = hpd_interval(block, prob)
-    return low, high
-
-
-def g_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
-    """95% HPD bounds (t, t) of G (covariance_hpd)."""
-    return covariance_hpd(draws, "G", prob, max_elements)
-
-
-def r_hpd(draws: dict, prob: float = 0.95, max_elements: int = 2 ** 25):
-    """95% HPD bounds (t, t) of R (covariance_hpd)."""
-    return covariance_hpd(draws, "R", prob, max_elements)
-
-
-def diagnostic_series(chains: dict, h2_by_chain: np.ndarray, genetic_mean: np.ndarray,
-                      traits: list, max_g: int = 50, u_names=None) -> tuple[list, np.ndarray]:
-    """Names and per-chain draws (C, S, params) of the monitored parameters: h2 and resid_h2
-    per trait, the `max_g` largest |off-diagonal| entries of genetic_mean (t, t), the U cells
-    (when chains holds "U_cells" (C, S, m), named by u_names) and the number of effective
-    factors. chains: name -> (C, S, ...); h2_by_chain (C, S, t)."""
-    t = len(traits)
-    names = [f"h2[{tr}]" for tr in traits] + [f"resid_h2[{tr}]" for tr in traits]
-    columns = [h2_by_chain, chains["resid_h2"]]
-    rows, cols = np.triu_indices(t, k=1)
-    if len(rows):
-        order = np.argsort(-np.abs(genetic_mean[rows, cols]), kind="stable")[:max_g]
-        rows, cols = rows[order], cols[order]
-        columns.append(genetic_entries(chains["Lambda"], chains["f_h2"], rows, cols))
-        names += [f"G[{traits[i]},{traits[j]}]" for i, j in zip(rows, cols)]
-    if chains.get("U_cells") is not None and u_names:
-        columns.append(chains["U_cells"])
-        names += list(u_names)
-    columns.append(effective_factors(chains["Lambda"])[..., None].astype(float))
-    names.append("n_effective_factors")
-    return names, np.concatenate(columns, axis=-1)
-
-
-def h2_by_effect(lam, f_h2, resid_h2, tot_eta_prec) -> np.ndarray:
-    """(S, m, t) share of each random effect in each trait's variance, from draws of lam
-    (S, K, t), f_h2 (S, m, K), resid_h2 (S, m, t) and tot_eta_prec (S, t) (unit-variance
-    factors): (sum_l lam_lj^2 f_h2[r, l] + resid_h2[r, j] / tot_eta_prec_j) / var_j."""
-    squared = lam ** 2
-    total = squared.sum(axis=1) + 1.0 / tot_eta_prec
-    genetic = np.einsum("srk,skt->srt", f_h2, squared) + resid_h2 / tot_eta_prec[:, None, :]
-    return genetic / total[:, None, :]
-
-
 def diagnostics_table(names: list, series: np.ndarray) -> pd.DataFrame:
-    """Rows param, rhat, ess_bulk, ess_tail from diagnostic_series' output."""
+    """Rows param, rhat, ess_bulk, ess_tail for (C, S, params) draws."""
     from .diagnostics import convergence
 
     return pd.DataFrame({"param": names, **convergence(series)})
 
 
-def run_summarize(config: Config, echo=print, warn=None) -> Path:
-    """Write summary/ (replaced whole: a failed or killed run leaves the previous one)."""
+def h2_by_effect(lam, f_h2, resid_h2, tot_eta_prec) -> np.ndarray:
+    """(S, m, t) share of each random effect in each trait's variance, from draws of lam
+    (S, K, t), f_h2 (S, m, K), resid_h2 (S, m, t) and tot_eta_prec (S, t)."""
+    from .covariance import Draws
+
+    return trait_diagonals(Draws.from_arrays(lam, f_h2, resid_h2, tot_eta_prec))["shares"]
+
+
+def _interval_columns(prefix: str, draws: np.ndarray) -> dict:
+    low, high = hpd_interval(draws)
+    return {f"{prefix}_mean": draws.mean(axis=0), f"{prefix}_low": low, f"{prefix}_high": high}
+
+
+def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
+    """Write summary/ (replaced whole: a failed or killed run leaves the previous one).
+
+    progress: callable(done, total, description) or None.
+    """
     require_prepared(config)
-    final = Path(config.run.output_dir) / "summary"
-    per_chain = load_chain_draws(config, warn=warn)  # every input checked before writing
-    with replaced_directory(final) as out:
-        _summarize(config, per_chain, out, lambda text: echo(text.replace(str(out), str(final))))
-    return final
-
-
-def _summarize(config: Config, per_chain: dict, out: Path, echo) -> None:
-    import h5py
-
+    chains = [ChainFile(p) for p in chains_for_reading(config, warn)]
+    for chain in chains:
+        names = set(chain.sample_names())
+        missing = [n for n in NEEDED if n not in names]
+        if missing:
+            raise UserError(f"{chain.path}: no draws of {', '.join(missing)}; add them to "
+                            "posterior.samples and sample again")
+    counts = [c.progress().n_draws for c in chains]
+    if sum(counts) == 0:
+        raise UserError(f"{config.path.name}: the chains hold no draws yet; let `megalmm sample "
+                        f"{config.path}` run past burn-in first")
     with h5py.File(prepared_path(config), "r") as f:
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         n_train = int(f.attrs["n_train"])
     effect_names = read_effect_names(config)
-    by_effect = {}
-    for name in ("f_h2", "resid_h2"):  # several effects: (S, m, .) -> totals, kept by effect
-        if per_chain[name] and per_chain[name][0].ndim == 3:
-            by_effect[name] = np.concatenate(per_chain[name])
-            per_chain[name] = [d.sum(axis=1) for d in per_chain[name]]
-    draws = {name: np.concatenate(vals) for name, vals in per_chain.items()}
-    n_draws = draws["Lambda"].shape[0]
+    stages = iter(range(100))
+    total = len(chains) + 3 + 3 * config.summary.matrices
+
+    def step(description):  # one stage of the work begins
+        if progress is not None:
+            progress(next(stages), total, description)
+
+    summaries = []
+    for i, chain in enumerate(chains):
+        step(f"summarize: per-trait draws, chain {i + 1}")
+        summaries.append(summarize_chain(chain))
+    final = Path(config.run.output_dir) / "summary"
+    with replaced_directory(final) as out:
+        _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out,
+               lambda text: echo(text.replace(str(out), str(final))), step)
+    return final
+
+
+def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo, step):
     t = len(traits)
-    genetic, residual = np.zeros((t, t)), np.zeros((t, t))
-    h2 = np.empty((n_draws, t))
-    for s in range(n_draws):
-        cov = covariances(draws["Lambda"][s], draws["f_h2"][s], draws["resid_h2"][s],
-                          draws["tot_eta_prec"][s])
-        genetic += cov["G"] / n_draws
-        residual += cov["R"] / n_draws
-        h2[s] = cov["h2"]
-    pd.DataFrame(genetic, index=traits, columns=traits).to_csv(out / "G.csv", float_format="%.6g")
-    pd.DataFrame(residual, index=traits, columns=traits).to_csv(out / "R.csv", float_format="%.6g")
-    low, high = hpd_interval(h2)
-    table = pd.DataFrame({"trait": traits, "h2_mean": h2.mean(axis=0), "hpd_low": low, "hpd_high": high})
-    table.to_csv(out / "h2.csv", index=False, float_format="%.4f")
-    echo(f"wrote {out}/G.csv, R.csv, h2.csv from {n_draws} draws "
+    n_draws = sum(counts)
+    stacked = {name: np.concatenate([s.stack(name) for s in summaries if s.stack(name) is not None])
+               for name in ("h2", "G_var", "R_var")}
+    table = pd.DataFrame({"trait": traits, **_interval_columns("h2", stacked["h2"]),
+                          **_interval_columns("G_var", stacked["G_var"]),
+                          **_interval_columns("R_var", stacked["R_var"])})
+    shares = None
+    if summaries[0].shares:
+        shares = np.concatenate([s.stack("shares") for s in summaries if s.shares])
+        for e, name in enumerate(effect_names):
+            for key, value in _interval_columns(f"h2_{name}", shares[:, e]).items():
+                table[key] = value
+    _write_table(out / "traits.csv", table)
+    h2_table = pd.DataFrame({"trait": traits, "h2_mean": table.h2_mean, "hpd_low": table.h2_low,
+                             "hpd_high": table.h2_high})
+    h2_table.to_csv(out / "h2.csv", index=False, float_format="%.4f")
+    echo(f"wrote {out}/traits.csv and h2.csv: {t} traits from {n_draws} draws "
          f"(median h2 {np.median(table.h2_mean):.3f})")
     shares_table = None
-    if by_effect:
-        shares = h2_by_effect(draws["Lambda"], by_effect["f_h2"], by_effect["resid_h2"],
-                              draws["tot_eta_prec"])
+    if shares is not None:
         low, high = hpd_interval(shares)
         m = shares.shape[1]
         shares_table = pd.DataFrame({
@@ -237,33 +187,37 @@ def _summarize(config: Config, per_chain: dict, out: Path, echo) -> None:
         shares_table.to_csv(out / "h2_by_effect.csv", index=False, float_format="%.4f")
         echo(f"wrote {out}/h2_by_effect.csv (shares of {', '.join(effect_names)})")
 
-    g_low, g_high = g_hpd(draws)
-    pd.DataFrame(g_low, index=traits, columns=traits).to_csv(out / "G_hpd_low.csv", float_format="%.6g")
-    pd.DataFrame(g_high, index=traits, columns=traits).to_csv(out / "G_hpd_high.csv", float_format="%.6g")
-    r_low, r_high = r_hpd(draws)
-    pd.DataFrame(r_low, index=traits, columns=traits).to_csv(out / "R_hpd_low.csv", float_format="%.6g")
-    pd.DataFrame(r_high, index=traits, columns=traits).to_csv(out / "R_hpd_high.csv", float_format="%.6g")
-    del draws
+    loading = sum(s.loading_ss for s in summaries if s.loading_ss is not None) / n_draws
+    cols = choose_traits(config, traits, table.h2_mean.to_numpy(), loading)
+    names_sub = [traits[j] for j in cols]
+    step(f"summarize: G and R among {cols.size} traits")
+    genetic_draws, residual_draws = _subset_draws(chains, cols)
+    matrices = {}
+    dtype = np.dtype(config.summary.dtype)
+    if config.summary.matrices:
+        matrices = _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
+                                   genetic_draws, residual_draws, step, echo)
+    g_mean = matrices["G"] if matrices else genetic_draws.mean(axis=0)
+    r_mean = matrices["R"] if matrices else residual_draws.mean(axis=0)
+    g_low, g_high = hpd_interval(genetic_draws)
+    r_low, r_high = hpd_interval(residual_draws)
+    fmt = "%.9g" if matrices and dtype == np.float32 else "%.10g" if matrices else "%.6g"
+    for name, values in (("G", g_mean), ("R", r_mean), ("G_hpd_low", g_low), ("G_hpd_high", g_high),
+                         ("R_hpd_low", r_low), ("R_hpd_high", r_high)):
+        write_matrix_csv(out / f"{name}.csv", "trait", names_sub, names_sub, values,
+                         fmt if name in ("G", "R") else "%.6g")
+    if matrices:
+        write_matrix_csv(out / "G_cor.csv", "trait", names_sub, names_sub, matrices["G_cor"], fmt)
+    subset_note = (f"{cols.size} of {t} traits" + (f" (summary.top, by {config.summary.by})"
+                                                     if not config.summary.traits else " (summary.traits)")
+                   if cols.size < t else f"all {t} traits")
+    echo(f"wrote {out}/G.csv, R.csv (posterior means) and their 95% HPD bounds for {subset_note}")
 
-    all_lengths = [len(v) for v in per_chain["Lambda"]]
-    lengths = [n for n in all_lengths if n]
-    chains = {name: by_chain(vals) for name, vals in per_chain.items()}
-    del per_chain
-    u_names = None
-    u_cells = load_optional_chain_draws(config, "U_cells")
-    if u_cells is not None and [len(v) for v in u_cells] == all_lengths:
-        u_names = u_cell_names(ids, traits, n_train)
-        if all(v.shape[1:] == (len(u_names),) for v in u_cells):
-            chains["U_cells"] = by_chain(u_cells)
-        else:
-            u_names = None
-    h2_by_chain = by_chain(np.split(h2, np.cumsum(all_lengths)[:-1]))
-    names, series = diagnostic_series(chains, h2_by_chain, genetic, traits, u_names=u_names)
-    if shares_table is not None:  # each effect's share of every trait, per chain
-        per_effect = by_chain(np.split(shares, np.cumsum(all_lengths)[:-1]))
-        names += [f"h2_{effect}[{trait}]" for effect in effect_names for trait in traits]
-        series = np.concatenate([series, per_effect.reshape(per_effect.shape[:2] + (-1,))], axis=-1)
-    del chains
+    lengths = [len(s.stack("h2")) for s in summaries]
+    monitored = _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean,
+                           genetic_draws, counts)
+    names, series = monitored
+    step(f"summarize: convergence of {len(names)} parameters")
     diag = diagnostics_table(names, series)
     diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
     worst = diag.loc[diag.rhat.idxmax()] if diag.rhat.notna().any() else None
@@ -273,11 +227,100 @@ def _summarize(config: Config, per_chain: dict, out: Path, echo) -> None:
          + (f"{worst.rhat:.3f} ({worst.param})" if worst is not None else "n/a")
          + ", smallest bulk ESS "
          + (f"{least.ess_bulk:.0f} ({least.param})" if least is not None else "n/a")
-         + f"; wrote {out}/diagnostics.csv, G_hpd_low.csv, G_hpd_high.csv, R_hpd_low.csv, "
-         "R_hpd_high.csv")
+         + f"; wrote {out}/diagnostics.csv")
 
     from .report import write_plots_and_report
 
-    report = write_plots_and_report(config, out, traits, genetic, table, diag, names, series,
-                                    g_low, g_high, h2_by_effect=shares_table)
+    step("summarize: plots and report")
+    report = write_plots_and_report(config, out, names_sub, g_mean, h2_table, diag, names, series,
+                                    g_low, g_high, h2_by_effect=shares_table,
+                                    subset_note=subset_note if cols.size < t else "",
+                                    matrices=bool(matrices))
     echo(f"wrote {out}/plots/ and the report: {report}")
+    step("summarize: done")
+
+
+def _write_table(path: Path, table: pd.DataFrame) -> None:
+    values = table.drop(columns="trait").to_numpy()
+    write_matrix_csv(path, "trait", table.trait.tolist(), list(table.columns[1:]), values, "%.6g")
+
+
+def _subset_draws(chains, cols) -> tuple[np.ndarray, np.ndarray]:
+    """(S, m, m) draws of G and R among the traits `cols`, all chains concatenated."""
+    genetic, residual = [], []
+    for chain in chains:
+        for d in chain_draws(chain):
+            g, r = subset_matrices(d, cols)
+            genetic.append(g)
+            residual.append(r)
+    return np.concatenate(genetic), np.concatenate(residual)
+
+
+def _write_matrices(path, chains, traits, cols, n_draws, dtype, genetic_draws, residual_draws,
+                    step, echo) -> dict:
+    """matrices.h5: G, R and G_cor (t, t) over every trait, chunked; the subset's index and
+    HPD bounds. Returns the subset blocks of G, R, G_cor as float64."""
+    from .gibbs.threads import blas_threads
+
+    t = len(traits)
+    chunk = (min(t, 512), min(t, 512))
+    blocks = {}
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
+                         "n_draws": n_draws, "units": "the traits' original units"})
+        h5.create_dataset("traits", data=np.array(traits, dtype=object), dtype=h5py.string_dtype())
+        for which, meaning in (("G", "posterior mean genetic covariance"),
+                               ("R", "posterior mean residual covariance"),
+                               ("G_cor", "posterior mean genetic correlation")):
+            step(f"summarize: {which} over {t} traits")
+            with blas_threads():
+                matrix, rows = posterior_mean_matrix(
+                    (d for chain in chains for d in chain_draws(chain)), which, t, n_draws, dtype)
+            dset = h5.create_dataset(which, shape=(t, t), dtype=dtype, chunks=chunk)
+            for start in range(0, t, chunk[0]):
+                dset[start:start + chunk[0]] = matrix[start:start + chunk[0]]
+            dset.attrs["meaning"] = meaning
+            dset.attrs["factor_rows"] = rows
+            blocks[which] = np.asarray(matrix[np.ix_(cols, cols)], dtype=np.float64)
+            del matrix
+        sub = h5.create_group("subset")
+        sub.create_dataset("index", data=cols)
+        sub.create_dataset("traits", data=np.array([traits[j] for j in cols], dtype=object),
+                           dtype=h5py.string_dtype())
+        for name, draws in (("G", genetic_draws), ("R", residual_draws)):
+            low, high = hpd_interval(draws)
+            sub.create_dataset(f"{name}_hpd_low", data=low.astype(dtype))
+            sub.create_dataset(f"{name}_hpd_high", data=high.astype(dtype))
+    echo(f"wrote {path}: G, R and G_cor over {t} traits ({dtype.name})")
+    return blocks
+
+
+def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, genetic_draws,
+               counts) -> tuple[list, np.ndarray]:
+    """Names and per-chain draws (C, S, params) of the monitored parameters: h2 and resid_h2
+    per trait, the largest |off-diagonal| genetic covariances among the chosen traits, the U
+    cells (if stored), each effect's share (several effects) and the number of effective
+    factors."""
+    names = [f"h2[{tr}]" for tr in traits] + [f"resid_h2[{tr}]" for tr in traits]
+    columns = [by_chain([s.stack("h2") for s in summaries]),
+               by_chain([s.stack("resid_h2") for s in summaries])]
+    m = cols.size
+    rows, cols_ = np.triu_indices(m, k=1)
+    if len(rows):
+        order = np.argsort(-np.abs(g_mean[rows, cols_]), kind="stable")[:MAX_G_MONITORED]
+        rows, cols_ = rows[order], cols_[order]
+        per_chain = np.split(genetic_draws[:, rows, cols_], np.cumsum(counts)[:-1])
+        columns.append(by_chain(per_chain))
+        names += [f"G[{traits[cols[i]]},{traits[cols[j]]}]" for i, j in zip(rows, cols_)]
+    u_cells = [c.read_samples("U_cells") if "U_cells" in c.sample_names() else None for c in chains]
+    u_names = u_cell_names(ids, traits, n_train)
+    if all(u is not None and u.shape[1:] == (len(u_names),) for u in u_cells) and u_names:
+        columns.append(by_chain(u_cells))
+        names += u_names
+    if summaries[0].shares:
+        per_effect = by_chain([s.stack("shares") for s in summaries])
+        columns.append(per_effect.reshape(per_effect.shape[:2] + (-1,)))
+        names += [f"h2_{effect}[{trait}]" for effect in effect_names for trait in traits]
+    columns.append(by_chain([s.stack("n_factors") for s in summaries])[..., None].astype(float))
+    names.append("n_effective_factors")
+    return names, np.concatenate(columns, axis=-1)

@@ -252,7 +252,7 @@ BAD = [
     (DATA + "mcmc: [1, 2]\n", "run.yaml: mcmc: must be a mapping (key: value), got a list; allowed keys: "
                               "burn_in, reorder_every, samples, thin, checkpoint_every, chains"),
     ("- data\n- model\n", "run.yaml: top level: must be a mapping of sections (format_version, run, data, "
-                          "model, priors, missing_data, mcmc, posterior), got a list"),
+                          "model, priors, missing_data, mcmc, posterior, summary), got a list"),
     (DATA + "run: {name: 5}\n", "run.yaml: run.name: must be a non-empty string (quote it), got 5"),
     # ranges
     (DATA + "mcmc: {thin: -2}\n", "run.yaml: mcmc.thin: must be an integer >= 1, got -2"),

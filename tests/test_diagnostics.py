@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from megalmm_cli.cli import main
 from megalmm_cli.diagnostics import convergence
-from megalmm_cli.summarize import diagnostics_table, effective_factors, g_hpd, genetic_block, hpd_interval
+from megalmm_cli.covariance import Draws, effective_factors, hpd_interval, posterior_mean_matrix, subset_matrices
+
 
 from .conftest import run_small_pipeline
 
@@ -62,20 +63,60 @@ def test_hpd_of_skewed_sample_is_shorter_than_equal_tailed():
     assert abs(np.mean((x >= low) & (x <= high)) - 0.95) < 0.002
 
 
-def test_g_blocks_match_the_full_computation():
+def _random_draws(rng, s, k, t, scale=1.0):
+    return Draws.from_arrays(rng.normal(size=(s, k, t)) * scale, rng.uniform(size=(s, k)),
+                             rng.uniform(size=(s, t)), rng.uniform(1, 2, size=(s, t)))
+
+
+def _dense(d):
+    """Per draw G, R and genetic correlations, the textbook way."""
+    from megalmm_cli.posterior import covariances
+
+    out = {"G": [], "R": [], "G_cor": []}
+    for lam, f, r, p in zip(d.lam, d.f_h2, d.resid_h2, d.tot_eta_prec):
+        cov = covariances(lam, f, r, p)
+        sd = np.sqrt(np.diag(cov["G"]))
+        out["G"].append(cov["G"])
+        out["R"].append(cov["R"])
+        out["G_cor"].append(cov["G"] / np.outer(sd, sd))
+    return {name: np.stack(v) for name, v in out.items()}
+
+
+def test_full_matrices_equal_a_dense_computation():
+    """Blockwise posterior means (syrk over chunks of draws, negligible factors left out in
+    float32) equal the mean of per-draw dense matrices: to 1e-12 in float64, 1e-6 relative
+    (to the diagonal scale) in float32."""
     rng = np.random.default_rng(7)
-    s, k, t = 30, 3, 7
-    draws = {"Lambda": rng.normal(size=(s, k, t)), "f_h2": rng.uniform(size=(s, k)),
-             "resid_h2": rng.uniform(size=(s, t)), "tot_eta_prec": rng.uniform(1, 2, size=(s, t))}
-    full = np.stack([(lam.T * f[None]) @ lam + np.diag(r / p) for lam, f, r, p in
-                     zip(draws["Lambda"], draws["f_h2"], draws["resid_h2"], draws["tot_eta_prec"])])
-    cols = np.array([2, 5])
-    np.testing.assert_allclose(genetic_block(draws["Lambda"], draws["f_h2"], draws["resid_h2"],
-                                             draws["tot_eta_prec"], cols), full[:, :, cols])
-    low, high = g_hpd(draws, max_elements=s * t * 2)  # forces blocks of 2 columns
-    ref_low, ref_high = hpd_interval(full)
-    np.testing.assert_allclose(low, ref_low)
-    np.testing.assert_allclose(high, ref_high)
+    s, k, t = 30, 6, 11
+    d = _random_draws(rng, s, k, t)
+    d.lam[:, 4:] *= 1e-9  # factors shrunk to nothing, left out of float32 sums
+    dense = {name: v.mean(axis=0) for name, v in _dense(d).items()}
+    blocks = [Draws(d.lam[i:i + 8], d.f_h2[i:i + 8], d.resid_h2[i:i + 8], d.tot_eta_prec[i:i + 8])
+              for i in range(0, s, 8)]
+    for which in ("G", "R", "G_cor"):
+        exact, rows64 = posterior_mean_matrix(blocks, which, t, s, "float64")
+        np.testing.assert_allclose(exact, dense[which], rtol=1e-12, atol=1e-14, err_msg=which)
+        single, rows32 = posterior_mean_matrix(blocks, which, t, s, "float32")
+        assert single.dtype == np.float32 and rows64 == s * k and rows32 == s * 4
+        scale = np.sqrt(np.outer(np.diag(dense[which]), np.diag(dense[which])))
+        assert np.max(np.abs(single - dense[which]) / scale) < 1e-6, which
+        np.testing.assert_array_equal(single, single.T)
+    wrong = posterior_mean_matrix(blocks, "G", t, s - 1, "float64")[0]  # negative control
+    assert not np.allclose(wrong, dense["G"], rtol=1e-3)
+
+
+def test_subset_draws_equal_the_dense_blocks_and_hpd():
+    rng = np.random.default_rng(8)
+    d = _random_draws(rng, 40, 3, 7)
+    dense = _dense(d)
+    cols = np.array([1, 4, 6])
+    genetic, residual = subset_matrices(d, cols)
+    np.testing.assert_allclose(genetic, dense["G"][:, cols][:, :, cols], rtol=1e-12)
+    np.testing.assert_allclose(residual, dense["R"][:, cols][:, :, cols], rtol=1e-12)
+    low, high = hpd_interval(genetic)
+    ref_low, ref_high = hpd_interval(dense["G"])
+    np.testing.assert_allclose(low, ref_low[np.ix_(cols, cols)], rtol=1e-12)
+    np.testing.assert_allclose(high, ref_high[np.ix_(cols, cols)], rtol=1e-12)
 
 
 def test_effective_factors():
@@ -123,59 +164,16 @@ def test_summarize_writes_diagnostics_and_g_hpd(tmp_path):
     assert ((d_low <= d_mean + 1e-5 * abs(d_mean)) & (d_mean <= d_high + 1e-5 * abs(d_mean))).all()
 
 
-def test_r_hpd_blocks_match_the_full_computation():
-    from megalmm_cli.posterior import covariances
-    from megalmm_cli.summarize import covariance_block, r_hpd
-
-    rng = np.random.default_rng(8)
-    s, k, t = 40, 3, 7
-    draws = {"Lambda": rng.normal(size=(s, k, t)), "f_h2": rng.uniform(size=(s, k)),
-             "resid_h2": rng.uniform(size=(s, t)), "tot_eta_prec": rng.uniform(1, 2, size=(s, t))}
-    full = np.stack([covariances(lam, f, r, p)["R"] for lam, f, r, p in
-                     zip(draws["Lambda"], draws["f_h2"], draws["resid_h2"], draws["tot_eta_prec"])])
-    cols = np.array([1, 4, 6])
-    np.testing.assert_allclose(covariance_block(draws["Lambda"], 1 - draws["f_h2"], 1 - draws["resid_h2"],
-                                                draws["tot_eta_prec"], cols), full[:, :, cols])
-    low, high = r_hpd(draws, max_elements=s * t * 2)  # forces blocks of 2 columns
-    assert low.shape == high.shape == (t, t)
-    ref_low, ref_high = hpd_interval(full)
-    np.testing.assert_allclose(low, ref_low)
-    np.testing.assert_allclose(high, ref_high)
-    mean = np.diag(full.mean(axis=0))
-    assert np.all((np.diag(low) <= mean) & (mean <= np.diag(high)))
-    g_low, _ = g_hpd(draws)
-    assert not np.allclose(g_low, low)  # R is not G
-
-
-def test_diagnostic_rows_include_u_cells_when_present():
-    from megalmm_cli.summarize import diagnostic_series, u_cell_names
+def test_u_cell_names_and_indices():
     from megalmm_cli.posterior import u_cell_indices
+    from megalmm_cli.summarize import u_cell_names
 
-    rng = np.random.default_rng(9)
-    c, s, k, t, n_train = 2, 50, 2, 3, 4
     traits, ids = ["a", "b", "c"], ["i1", "i2", "i3", "i4", "i5"]
-    chains = {"Lambda": rng.normal(size=(c, s, k, t)), "f_h2": rng.uniform(size=(c, s, k)),
-              "resid_h2": rng.uniform(size=(c, s, t))}
-    h2 = rng.uniform(size=(c, s, t))
-    genetic = np.cov(rng.normal(size=(t, 10)))
-    names, series = diagnostic_series(chains, h2, genetic, traits)
-    assert not any(n.startswith("U[") for n in names)
-    u_names = u_cell_names(ids, traits, n_train)
-    rows, cols = u_cell_indices(n_train, t)
-    assert len(u_names) == n_train * t == len(rows)  # fewer than 50 cells: all of them
+    u_names = u_cell_names(ids, traits, 4)
+    rows, cols = u_cell_indices(4, 3)
+    assert len(u_names) == 4 * 3 == len(rows)  # fewer than 50 cells: all of them
     assert u_names[0] == f"U[{ids[rows[0]]},{traits[cols[0]]}]"
-    cells = rng.normal(size=(c, s, len(u_names)))
-    with_u = dict(chains, U_cells=cells)
-    names_u, series_u = diagnostic_series(with_u, h2, genetic, traits, u_names=u_names)
-    assert names_u[-1] == "n_effective_factors"
-    assert names_u[-1 - len(u_names):-1] == u_names
-    np.testing.assert_array_equal(series_u[:, :, -1 - len(u_names):-1], cells)
-    assert series_u.shape == (c, s, len(names_u)) and len(names_u) == len(names) + len(u_names)
-    table = diagnostics_table(names_u, series_u)
-    assert table.param.str.startswith("U[").sum() == len(u_names)
-    assert np.isfinite(table.rhat[table.param.str.startswith("U[")]).all()
-    # 50 cells at most, ids from training rows only
-    rows, cols = u_cell_indices(100, 20)
+    rows, cols = u_cell_indices(100, 20)  # 50 cells at most, ids from training rows only
     assert len(rows) == 50 and rows.max() < 100 and cols.max() < 20
 
 
@@ -232,3 +230,33 @@ def test_vectorised_diagnostics_equal_arviz_stats():
             np.testing.assert_allclose(ours[key], np.asarray(value, dtype=float), rtol=1e-10,
                                        equal_nan=True, err_msg=key)
     assert np.isnan(convergence(x)["rhat"][5]) and convergence(x)["rhat"][7] > 1.2
+
+
+def test_subset_csvs_equal_the_hdf5_blocks(tmp_path):
+    """summary.top: 3 of 6 traits: the CSV matrices hold exactly the matrices.h5 values of
+    those traits; traits.csv covers all six; the report says which traits G covers."""
+    import h5py
+    import yaml
+
+    data = tmp_path / "sim"
+    config, _ = run_small_pipeline(data, ("prepare", "sample"))
+    raw = yaml.safe_load(config.read_text())
+    raw["summary"] = {"top": 3}
+    config.write_text(yaml.safe_dump(raw))
+    assert invoke("summarize", str(config)).exit_code == 0
+    summary = data / "run" / "summary"
+    table = pd.read_csv(summary / "traits.csv")
+    assert len(table) == 6 and list(table.columns[:4]) == ["trait", "h2_mean", "h2_low", "h2_high"]
+    assert (table.G_var_low <= table.G_var_mean).all() and (table.G_var_mean <= table.G_var_high).all()
+    top3 = table.sort_values("h2_mean", ascending=False, kind="stable").trait.head(3)
+    with h5py.File(summary / "matrices.h5", "r") as h5:
+        traits = list(h5["traits"].asstr()[()])
+        index = h5["subset/index"][()]
+        assert sorted(traits[i] for i in index) == sorted(top3)
+        for name in ("G", "R", "G_cor"):
+            block = h5[name][()][np.ix_(index, index)]
+            csv = pd.read_csv(summary / f"{name}.csv", index_col=0)
+            assert list(csv.index) == list(csv.columns) == [traits[i] for i in index]
+            np.testing.assert_array_equal(csv.to_numpy().astype(np.float32), block, err_msg=name)
+        assert h5["G"].dtype == np.float32 and h5["G"].shape == (6, 6) and h5["G"].chunks
+    assert "3 of 6 traits" in (summary / "report.md").read_text()

@@ -26,3 +26,14 @@ def threads_for(work: float):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+@contextmanager
+def blas_threads():
+    """Let BLAS use numba's threads for a block of large products that run alone (summaries):
+    the sampler keeps BLAS on one thread (two layers of threads only compete), but a single
+    big syrk or gemm gains from every core."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=numba.get_num_threads(), user_api="blas"):
+        yield

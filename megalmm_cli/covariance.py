@@ -1,0 +1,176 @@
+"""G, R and the genetic correlations from stored draws, for any number of traits.
+
+A draw's covariances are low rank plus diagonal (DESIGN.md section 2, factors of unit
+variance, original units; f_h2 and resid_h2 summed over the random effects):
+
+    G = Lambda' diag(f_h2) Lambda + diag(resid_h2 / tot_eta_prec)
+    R = Lambda' diag(1 - f_h2) Lambda + diag((1 - resid_h2) / tot_eta_prec)
+
+so their posterior means are sums of weighted factor rows: E[G] = A'A / S + diag(...) with
+A stacking sqrt(f_h2_l) Lambda_l of every draw. `posterior_mean_matrix` accumulates that
+with one symmetric rank-k update (BLAS syrk) per chunk of draws into a single t x t array,
+never a t x t matrix per draw. Factor rows whose every loading is negligible
+(Lambda_lj^2 < 1e-14 of trait j's variance, far below float32 rounding) are left out of
+float32 sums: with strong shrinkage most of the K factors of a draw are such rows.
+
+Per-trait quantities (diagonals, h2, each effect's share) and the covariances among a chosen
+subset of traits are computed per draw, for intervals.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import blas
+
+DROP_BELOW = {np.dtype("float32"): 1e-14, np.dtype("float64"): 0.0}
+CHUNK_DRAWS = 8
+
+
+@dataclass
+class Draws:
+    """A block of consecutive stored draws, float64, totals over the random effects.
+
+    lam: (s, K, t); f_h2: (s, K); resid_h2, tot_eta_prec: (s, t); f_by_effect (s, m, K) and
+    resid_by_effect (s, m, t) when there are several random effects, else None.
+    """
+
+    lam: np.ndarray
+    f_h2: np.ndarray
+    resid_h2: np.ndarray
+    tot_eta_prec: np.ndarray
+    f_by_effect: np.ndarray | None = None
+    resid_by_effect: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, lam, f_h2, resid_h2, tot_eta_prec):
+        lam, f_h2, resid_h2, prec = (np.asarray(a, dtype=np.float64) for a in
+                                     (lam, f_h2, resid_h2, tot_eta_prec))
+        if f_h2.ndim == 3:  # several effects: (s, m, .)
+            return cls(lam, f_h2.sum(axis=1), resid_h2.sum(axis=1), prec, f_h2, resid_h2)
+        return cls(lam, f_h2, resid_h2, prec)
+
+
+def chain_draws(chain, names=("Lambda", "f_h2", "resid_h2", "tot_eta_prec"), chunk=CHUNK_DRAWS):
+    """Draws of one chain file in blocks of `chunk` draws (bounded memory)."""
+    n = chain.progress().n_draws
+    with chain._open() as f:
+        samples = f["samples"]
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            yield Draws.from_arrays(*(samples[name][start:stop] for name in names))
+
+
+def trait_diagonals(d: Draws) -> dict:
+    """Per draw (s, t): genetic and residual variance, h2; (s, m, t) each effect's share."""
+    squared = d.lam * d.lam
+    factor_total = squared.sum(axis=1)
+    factor_g = np.einsum("sk,skt->st", d.f_h2, squared)
+    genetic = factor_g + d.resid_h2 / d.tot_eta_prec
+    residual = (factor_total - factor_g) + (1.0 - d.resid_h2) / d.tot_eta_prec
+    out = {"G_var": genetic, "R_var": residual, "h2": genetic / (genetic + residual)}
+    if d.f_by_effect is not None:
+        by_effect = (np.einsum("srk,skt->srt", d.f_by_effect, squared)
+                     + d.resid_by_effect / d.tot_eta_prec[:, None, :])
+        out["shares"] = by_effect / (genetic + residual)[:, None, :]
+    return out
+
+
+def _weighted_rows(d: Draws, which: str, dtype) -> np.ndarray:
+    """The factor rows (rows, t) of a block of draws whose A'A is the block's sum of the
+    low-rank part of G ("G"), R ("R") or of the correlations G_ij / sqrt(G_ii G_jj) ("G_cor")."""
+    if which == "G":
+        rows = d.lam * np.sqrt(d.f_h2)[:, :, None]
+    elif which == "R":
+        rows = d.lam * np.sqrt(1.0 - d.f_h2)[:, :, None]
+    elif which == "G_cor":
+        genetic = trait_diagonals(d)["G_var"]
+        rows = d.lam * np.sqrt(d.f_h2)[:, :, None] / np.sqrt(genetic)[:, None, :]
+    else:
+        raise ValueError(f"unknown matrix {which!r}")
+    drop = DROP_BELOW[np.dtype(dtype)]
+    if drop > 0:
+        variance = trait_diagonals(d)
+        total = variance["G_var"] + variance["R_var"]
+        keep = ((d.lam * d.lam) / total[:, None, :]).max(axis=2) >= drop   # (s, K)
+        rows = rows[keep]
+    return np.ascontiguousarray(rows.reshape(-1, d.lam.shape[2]), dtype=dtype)
+
+
+def posterior_mean_matrix(blocks, which: str, t: int, n_draws: int, dtype="float32",
+                          progress=None) -> tuple[np.ndarray, int]:
+    """Posterior mean (t, t) of G, R or G_cor over the draws of `blocks` (an iterable of
+    Draws, n_draws in all). Returns the matrix and the number of factor rows it summed."""
+    dtype = np.dtype(dtype)
+    syrk = blas.ssyrk if dtype == np.float32 else blas.dsyrk
+    acc = np.zeros((t, t), dtype=dtype, order="F")
+    diagonal = np.zeros(t)
+    used, done = 0, 0
+    for d in blocks:
+        rows = _weighted_rows(d, which, dtype)
+        if rows.shape[0]:
+            # acc += rows' rows / n_draws (upper triangle); rows.T is Fortran-ordered (t, rows)
+            acc = syrk(1.0 / n_draws, rows.T, beta=1.0, c=acc, trans=0, lower=0, overwrite_c=1)
+        used += rows.shape[0]
+        if which == "G":
+            diagonal += (d.resid_h2 / d.tot_eta_prec).sum(axis=0) / n_draws
+        elif which == "R":
+            diagonal += ((1.0 - d.resid_h2) / d.tot_eta_prec).sum(axis=0) / n_draws
+        done += d.lam.shape[0]
+        if progress is not None:
+            progress(done)
+    _mirror_upper(acc)
+    index = np.arange(t)
+    if which == "G_cor":
+        acc[index, index] = 1.0
+    else:
+        acc[index, index] += diagonal.astype(dtype)
+    return acc, used
+
+
+def _mirror_upper(acc: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle of a square array into its lower triangle, in place."""
+    t = acc.shape[0]
+    for start in range(0, t, block):
+        stop = min(t, start + block)
+        acc[start:stop, :start] = acc[:start, start:stop].T
+        part = acc[start:stop, start:stop]
+        acc[start:stop, start:stop] = np.triu(part) + np.triu(part, 1).T
+
+
+def subset_matrices(d: Draws, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw G and R among the traits `cols`: (s, m, m) each."""
+    lam = d.lam[:, :, cols]
+    genetic = np.einsum("ski,sk,skj->sij", lam, d.f_h2, lam, optimize=True)
+    residual = np.einsum("ski,sk,skj->sij", lam, 1.0 - d.f_h2, lam, optimize=True)
+    index = np.arange(cols.size)
+    genetic[:, index, index] += d.resid_h2[:, cols] / d.tot_eta_prec[:, cols]
+    residual[:, index, index] += (1.0 - d.resid_h2[:, cols]) / d.tot_eta_prec[:, cols]
+    return genetic, residual
+
+
+def hpd_interval(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest interval holding `prob` of the draws, per column. draws: (S, ...)."""
+    s = draws.shape[0]
+    ordered = np.sort(draws, axis=0)
+    width = max(1, int(np.ceil(prob * s)))
+    if width >= s:
+        return ordered[0], ordered[-1]
+    spans = ordered[width - 1:] - ordered[: s - width + 1]
+    start = np.argmin(spans, axis=0)
+    low = np.take_along_axis(ordered, start[None], axis=0)[0]
+    high = np.take_along_axis(ordered, (start + width - 1)[None], axis=0)[0]
+    return low, high
+
+
+def effective_factors(lam: np.ndarray, share: float = 0.01) -> np.ndarray:
+    """Number of factors whose loadings carry >= `share` of the total sum of squared
+    loadings. lam: (..., K, t) -> (...,)."""
+    ss = np.sum(lam ** 2, axis=-1)
+    total = np.sum(ss, axis=-1, keepdims=True)
+    return np.sum(ss >= share * total, axis=-1)
+
+
+def genetic_entries(lam, f_h2, rows, cols) -> np.ndarray:
+    """Draws of off-diagonal entries G[rows[m], cols[m]]: lam (..., K, t), f_h2 (..., K)
+    -> (..., m)."""
+    return np.einsum("...km,...k,...km->...m", lam[..., rows], f_h2, lam[..., cols])
