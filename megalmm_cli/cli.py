@@ -450,13 +450,15 @@ def _check_disk(path, size: int, rewrite: bool) -> None:
 @click.option("--test", "test_file", type=click.Path(), default=None,
               help="Cells to score instead of the config's test cells: tall CSV/TSV with columns "
                    "id, trait, value; writes predictions/test_accuracy.csv.")
+@progress_option
 @verbose_option
-def predict(config, verbose, new_kinship, test_file):
+def predict(config, verbose, new_kinship, test_file, progress):
     """Write genetic values (U, U_sd) and expected phenotypes (eta_hat) from all chains.
 
     Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
-    including individuals with no phenotype), and test_accuracy.csv when the config names
-    test cells. With several random effects also U_<effect>.csv and U_<effect>_sd.csv, the
+    including individuals with no phenotype), the same matrices in predictions.h5 (float32,
+    chunked), and test_accuracy.csv when the config names test cells. The directory is
+    replaced whole, after every input has been checked. With several random effects also U_<effect>.csv and U_<effect>_sd.csv, the
     part of U from each effect (they sum to U.csv). With --new-kinship (one random effect),
     also U_new.csv (and eta_hat_new.csv when B1 draws and covariates allow) for individuals
     that were not in the model.
@@ -470,8 +472,13 @@ def predict(config, verbose, new_kinship, test_file):
     def action():
         from .predict import run_predict
 
-        run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file,
-                    warn=_warn)
+        bar = _bar(progress, "predict", unit="row")
+        try:
+            run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file,
+                        warn=_warn, progress=bar.update_to if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     _run(action, verbose)
 

@@ -139,13 +139,29 @@ def _mirror_upper(acc: np.ndarray, block: int = 1024) -> None:
 
 def subset_matrices(d: Draws, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per draw G and R among the traits `cols`: (s, m, m) each."""
-    lam = d.lam[:, :, cols]
-    genetic = np.einsum("ski,sk,skj->sij", lam, d.f_h2, lam, optimize=True)
-    residual = np.einsum("ski,sk,skj->sij", lam, 1.0 - d.f_h2, lam, optimize=True)
+    lam = np.ascontiguousarray(d.lam[:, :, cols])
+    lam_t = np.ascontiguousarray(lam.transpose(0, 2, 1))                    # (s, m, K)
+    genetic = np.matmul(lam_t * d.f_h2[:, None, :], lam)
+    residual = np.matmul(lam_t * (1.0 - d.f_h2)[:, None, :], lam)
     index = np.arange(cols.size)
     genetic[:, index, index] += d.resid_h2[:, cols] / d.tot_eta_prec[:, cols]
     residual[:, index, index] += (1.0 - d.resid_h2[:, cols]) / d.tot_eta_prec[:, cols]
     return genetic, residual
+
+
+def symmetric_hpd(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """hpd_interval of draws of symmetric matrices (S, m, m), from their upper triangles
+    (half the sorting), a block of rows at a time."""
+    m = draws.shape[1]
+    low, high = np.empty((m, m)), np.empty((m, m))
+    rows, cols = np.triu_indices(m)
+    step = max(1, (1 << 22) // max(1, draws.shape[0]))
+    for start in range(0, rows.size, step):
+        r, c = rows[start:start + step], cols[start:start + step]
+        lo, hi = hpd_interval(draws[:, r, c])
+        low[r, c] = low[c, r] = lo
+        high[r, c] = high[c, r] = hi
+    return low, high
 
 
 def hpd_interval(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 from numba import njit, prange
-from scipy import special, stats
+from scipy import special
 from scipy.fft import next_fast_len
 
 TAIL_PROB = 0.05  # tail ESS: the smaller of the ESS of the 5% and 95% quantiles
@@ -69,8 +69,29 @@ def z_scale(ary: np.ndarray) -> np.ndarray:
     """Rank-normalise each parameter over all its draws (ties averaged, Blom's offset 3/8)."""
     params, chains, draws = ary.shape
     size = chains * draws
-    ranks = stats.rankdata(ary.reshape(params, size), method="average", axis=1)
+    ranks = average_ranks(np.ascontiguousarray(ary.reshape(params, size)))
     return special.ndtri((ranks - 3 / 8) / (size - 2 * 3 / 8 + 1)).reshape(ary.shape)
+
+
+@njit(parallel=True, cache=True)
+def average_ranks(values):
+    """Ranks 1..N of each row of (P, N) values, tied values sharing their average rank (as
+    scipy.stats.rankdata(method="average"))."""
+    n_rows, n = values.shape
+    out = np.empty((n_rows, n))
+    for p in prange(n_rows):
+        row = values[p]
+        order = np.argsort(row, kind="mergesort")
+        i = 0
+        while i < n:
+            j = i
+            while j + 1 < n and row[order[j + 1]] == row[order[i]]:
+                j += 1
+            rank = 0.5 * (i + j) + 1.0
+            for m in range(i, j + 1):
+                out[p, order[m]] = rank
+            i = j + 1
+    return out
 
 
 def _rhat(ary: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ def trace_plots(path, series: dict) -> None:
     """One PNG, a panel per parameter, one line per chain. series: name -> (chains, draws)."""
     names = list(series)
     n = max(1, len(names))
-    fig, axes = plt.subplots(n, 1, figsize=(8, 1.9 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 1.9 * n + 0.85), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         draws = np.atleast_2d(np.asarray(series[name], dtype=float))
         for c, chain in enumerate(draws):
@@ -60,7 +60,8 @@ def trace_plots(path, series: dict) -> None:
         axes[0, 0].legend(fontsize=7, loc="upper right", ncol=min(4, len(series[names[0]])))
     axes[-1, 0].set_xlabel("saved draw")
     fig.suptitle("Trace plots of the worst-mixing parameters (largest R-hat)", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.6 / (1.9 * n + 0.85), top=1 - 0.75 / (1.9 * n + 0.85),
+                        hspace=0.45)
     fig.savefig(Path(path), dpi=100)
     plt.close(fig)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from . import FORMAT_VERSION, __version__
 from .config import Config
 from .covariance import (chain_draws, effective_factors, hpd_interval, posterior_mean_matrix,
-                         subset_matrices, trait_diagonals)
+                         subset_matrices, symmetric_hpd, trait_diagonals)
 from .csvout import write_matrix_csv
 from .errors import UserError
 from .outputs import replaced_directory
@@ -192,15 +192,15 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     names_sub = [traits[j] for j in cols]
     step(f"summarize: G and R among {cols.size} traits")
     genetic_draws, residual_draws = _subset_draws(chains, cols)
+    bounds = {"G": symmetric_hpd(genetic_draws), "R": symmetric_hpd(residual_draws)}
+    (g_low, g_high), (r_low, r_high) = bounds["G"], bounds["R"]
     matrices = {}
     dtype = np.dtype(config.summary.dtype)
     if config.summary.matrices:
         matrices = _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
-                                   genetic_draws, residual_draws, step, echo)
+                                   bounds, step, echo)
     g_mean = matrices["G"] if matrices else genetic_draws.mean(axis=0)
     r_mean = matrices["R"] if matrices else residual_draws.mean(axis=0)
-    g_low, g_high = hpd_interval(genetic_draws)
-    r_low, r_high = hpd_interval(residual_draws)
     fmt = "%.9g" if matrices and dtype == np.float32 else "%.10g" if matrices else "%.6g"
     for name, values in (("G", g_mean), ("R", r_mean), ("G_hpd_low", g_low), ("G_hpd_high", g_high),
                          ("R_hpd_low", r_low), ("R_hpd_high", r_high)):
@@ -256,8 +256,7 @@ def _subset_draws(chains, cols) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(genetic), np.concatenate(residual)
 
 
-def _write_matrices(path, chains, traits, cols, n_draws, dtype, genetic_draws, residual_draws,
-                    step, echo) -> dict:
+def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, echo) -> dict:
     """matrices.h5: G, R and G_cor (t, t) over every trait, chunked; the subset's index and
     HPD bounds. Returns the subset blocks of G, R, G_cor as float64."""
     from .gibbs.threads import blas_threads
@@ -287,8 +286,7 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, genetic_draws, r
         sub.create_dataset("index", data=cols)
         sub.create_dataset("traits", data=np.array([traits[j] for j in cols], dtype=object),
                            dtype=h5py.string_dtype())
-        for name, draws in (("G", genetic_draws), ("R", residual_draws)):
-            low, high = hpd_interval(draws)
+        for name, (low, high) in bounds.items():
             sub.create_dataset(f"{name}_hpd_low", data=low.astype(dtype))
             sub.create_dataset(f"{name}_hpd_high", data=high.astype(dtype))
     echo(f"wrote {path}: G, R and G_cor over {t} traits ({dtype.name})")
