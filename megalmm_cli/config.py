@@ -163,7 +163,7 @@ class McmcConfig:
 class PosteriorConfig:
     samples: tuple[str, ...] = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1")
     means: tuple[str, ...] = ("U", "eta_hat")
-    dtype: str = "float64"        # type of the stored draws (the checkpointed state is float64)
+    dtype: str = "float32"        # type of the stored draws (the checkpointed state is float64)
 
 
 @dataclass(frozen=True)
