@@ -64,16 +64,19 @@ def test_memory_chain_draws_and_means(small_model):
     assert np.all(np.isfinite(store.samples["Lambda"]))
 
 
-@pytest.mark.parametrize("stop_at", [7, 15, 31, 44])
-def test_resume_is_bit_identical(small_model, stop_at, tmp_path):
-    whole = MemoryChain()
+@pytest.mark.parametrize("stop_at,dtype", [(7, "f8"), (15, "f4"), (31, "f8"), (44, "f4")])
+def test_resume_is_bit_identical(small_model, stop_at, dtype, tmp_path):
+    """Stopped and resumed (float64 or float32 draws): the same draws, bit for bit, as an
+    uninterrupted chain stored in the same type."""
+    whole = MemoryChain(dtype=dtype)
     run(small_model, whole)
-    pieces = new_chain_file(small_model, tmp_path / "chain_1.h5")
+    pieces = new_chain_file(small_model, tmp_path / "chain_1.h5", dtype=dtype)
     first = run(small_model, pieces, stop_after=stop_at)
     assert first.interrupted_by == signal.SIGTERM and first.iteration == stop_at
     second = run(small_model, pieces)
     assert second.iteration == PLAN.total
     samples = {name: pieces.read_samples(name) for name in SAMPLES}
+    assert all(v.dtype == np.dtype(dtype) for v in samples.values())
     assert_same_chain(whole.samples, whole.load(), samples, pieces.load())
 
 
@@ -83,10 +86,10 @@ def _shape(model, name):
     return param_shape(model, name)
 
 
-def new_chain_file(model, path, names=SAMPLES, capacity=None):
+def new_chain_file(model, path, names=SAMPLES, capacity=None, dtype="f8"):
     chain = ChainFile(path)
     chain.create({"config_hash": "x"}, {name: _shape(model, name) for name in names},
-                 PLAN.draws(PLAN.total) if capacity is None else capacity)
+                 PLAN.draws(PLAN.total) if capacity is None else capacity, dtype)
     return chain
 
 
@@ -398,3 +401,27 @@ def test_chain_file_without_u_cells_dataset_still_samples(small_model, tmp_path)
     full.create({"config_hash": "x"}, {name: param_shape(small_model, name) for name in names}, 5)
     run_chain(small_model, full, plan, names, ("U",), seed=3, chain=1)
     assert full.read_samples("U_cells").shape == (5, param_shape(small_model, "U_cells")[0])
+
+
+def test_sample_refuses_when_the_disk_cannot_hold_the_chain(sim_dir, tmp_path, monkeypatch):
+    """The expected size is printed first; with too little free disk, exit 2 with the figure
+    and nothing created."""
+    import shutil
+    from collections import namedtuple
+
+    from click.testing import CliRunner
+
+    from megalmm_cli.cli import main
+
+    cfg = str(write_config(tmp_path, "disk", sim_dir))
+    assert CliRunner().invoke(main, ["prepare", cfg]).exit_code == 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    result = CliRunner().invoke(main, ["sample", cfg])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "the chain file needs" in line and "has 48.83 KiB free" in line and "mcmc.thin" in line
+    assert not (tmp_path / "disk" / "chains" / "chain_1.h5").exists()
+    monkeypatch.undo()
+    done = CliRunner().invoke(main, ["sample", cfg])
+    assert done.exit_code == 0 and "chain file" in done.output and "as float32" in done.output
