@@ -192,43 +192,43 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
     if "U_cells" in sample_names and "U" not in moments:  # U_cells come with the mean of U
         sample_names = tuple(n for n in sample_names if n != "U_cells")
     u_cells = model_u_cells(model) if "U_cells" in sample_names else None
-    slab = {name: [] for name in sample_names}
     start_iteration = state.iteration
     started = time.perf_counter()
     interrupted = None
     first_seconds = 0.0
-    while state.iteration < plan.total:
-        gibbs_iteration(model, state)
-        if state.iteration == start_iteration + 1:
-            first_seconds = time.perf_counter() - started
-        it = state.iteration
-        if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
-            reorder_factors(model, state)
-        if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
-            _record(model, state, sample_names, moments, slab, u_cells)
-            n_draws += 1
-        if progress is not None:
-            progress(it - start_iteration)
-        pause_point("sample:iteration")
-        kill_point("sample:iteration")
-        stop_now = stop is not None and stop.signal is not None
-        if it % plan.checkpoint_every == 0 or it == plan.total or stop_now:
-            now = time.perf_counter()
-            elapsed += now - started
-            started = now
-            stacked = {name: np.stack(vals) for name, vals in slab.items() if vals}
-            storage.commit(stacked, to_checkpoint(model, state, moments, n_draws, elapsed))
-            slab = {name: [] for name in sample_names}
-        if stop_now:
-            interrupted = stop.signal
-            break
+    try:
+        while state.iteration < plan.total:
+            gibbs_iteration(model, state)
+            if state.iteration == start_iteration + 1:
+                first_seconds = time.perf_counter() - started
+            it = state.iteration
+            if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
+                reorder_factors(model, state)
+            if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
+                storage.append(n_draws, _record(model, state, sample_names, moments, u_cells))
+                n_draws += 1
+            if progress is not None:
+                progress(it - start_iteration)
+            pause_point("sample:iteration")
+            kill_point("sample:iteration")
+            stop_now = stop is not None and stop.signal is not None
+            if it % plan.checkpoint_every == 0 or it == plan.total or stop_now:
+                now = time.perf_counter()
+                elapsed += now - started
+                started = now
+                storage.commit(to_checkpoint(model, state, moments, n_draws, elapsed))
+            if stop_now:
+                interrupted = stop.signal
+                break
+    finally:
+        storage.close()  # the draws' file descriptor
     return RunResult(state.iteration - start_iteration, state.iteration, n_draws,
                      elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted, first_seconds)
 
 
-def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
-            u_cells=None) -> None:
-    """One stored draw: the sampled parameters into the slab, the running moments updated."""
+def _record(model: Model, state: State, sample_names, moments: dict, u_cells=None) -> dict:
+    """One stored draw: returns the sampled parameters (name -> array) and updates the
+    running moments."""
     need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
     by_effect = None
     if need_effects and "U_by_effect" in moments:
@@ -237,11 +237,8 @@ def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
     else:
         effects = random_effects(model, state) if need_effects else None
     values = draw(model, state, [n for n in sample_names if n not in DERIVED_SAMPLES], effects)
-    for name in sample_names:
-        if name not in DERIVED_SAMPLES:
-            slab[name].append(values[name])
     if not moments:
-        return
+        return values
     u_f, u_r = effects
     genetic, expected = moments.get("U"), moments.get("eta_hat")
     if genetic is not None or expected is not None:
@@ -255,7 +252,7 @@ def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
                 mom.count = count
         if u_cells is not None:
             rows, cols = u_cells
-            slab["U_cells"].append((top[rows, cols] + u_r[rows, cols]) * model.trait_sd[cols])
+            values["U_cells"] = (top[rows, cols] + u_r[rows, cols]) * model.trait_sd[cols]
     extra = draw(model, state, [n for n in moments if n in ("F", "U_F", "U_R")], effects)
     if by_effect is not None:  # U_e = U_F,e Lambda + U_R,e per effect, original units
         u_f_by, u_r_by = by_effect
@@ -263,3 +260,4 @@ def _record(model: Model, state: State, sample_names, moments: dict, slab: dict,
     for name, mom in moments.items():
         if name not in ("U", "eta_hat"):
             mom.add(extra[name])
+    return values

@@ -13,9 +13,10 @@ Layout of chains/chain_<N>.h5 (docs/outputs.md shows how to read it):
                           n_draws, elapsed microseconds, JSON length, CRC of crc, CRC)
 
 The file is created whole (rawh5: every dataset allocated, then an atomic rename) and from
-then on changed only by pwrite into those datasets. A checkpoint writes the new draws into
-rows beyond n_draws, then the whole state into the inactive buffer (its header last), then
-the commit record: killed anywhere before the commit record, the previous checkpoint stays
+then on changed only by pwrite into those datasets. Each draw is written into its row
+beyond n_draws as it is made (nothing is held in memory until the checkpoint); a checkpoint
+writes the whole state into the inactive buffer (its header last), flushes to disk, then
+writes the commit record: killed anywhere before the commit record, the previous checkpoint stays
 the committed one, and its draws are untouched. A buffer whose checksums fail (a torn write
 after a power cut, a bad block) is skipped for the other one, which resumes the same chain
 exactly. Changing the number of rows or the state's shapes rewrites the file under a
@@ -76,16 +77,23 @@ class MemoryChain:
     samples: dict = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
     dtype: str = "f8"
+    pending: dict = field(default_factory=dict)   # row -> draw, until committed
 
-    def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
-        for name, values in slab.items():
-            values = np.asarray(values, dtype=self.dtype)
-            old = self.samples.get(name)
-            self.samples[name] = values.copy() if old is None else np.concatenate([old, values])
+    def append(self, row: int, values: dict) -> None:
+        self.pending[row] = {name: np.array(v, dtype=self.dtype) for name, v in values.items()}
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        for row in sorted(r for r in self.pending if r < checkpoint.n_draws):
+            for name, value in self.pending.pop(row).items():
+                old = self.samples.get(name)
+                self.samples[name] = value[None] if old is None else np.concatenate([old, value[None]])
         self.checkpoint = _copy_checkpoint(checkpoint)
 
     def load(self) -> Checkpoint | None:
         return None if self.checkpoint is None else _copy_checkpoint(self.checkpoint)
+
+    def close(self) -> None:
+        pass
 
 
 def _copy_checkpoint(cp: Checkpoint) -> Checkpoint:
@@ -147,6 +155,7 @@ class ChainFile:
         self._layout = None          # offsets of the datasets, read once per file version
         self._layout_inode = None
         self._current = None         # the state the chain continues from (after load/commit)
+        self._writer = None          # (fd, inode) the draws are appended through
         self.fell_back = None        # why the newest checkpoint was skipped, if it was
 
     # -- creation -----------------------------------------------------------------------
@@ -264,39 +273,74 @@ class ChainFile:
         elif target != progress.target:
             self._write_commit_record(target=target)
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def commit(self, slab: dict, checkpoint: Checkpoint) -> None:
-        """Append draws and write a checkpoint; the commit record is written last.
-
-        The draws of `slab` are the last rows of checkpoint.n_draws. A failed write (disk
-        full, permissions, quota) leaves the previous checkpoint as the committed one and is
-        reported as a UserError saying so.
-        """
-        current = self._current
+    # -- draws and checkpoints ----------------------------------------------------------------
+    def append(self, row: int, values: dict) -> None:
+        """Write one draw into row `row` of /samples (beyond the committed ones: it counts
+        once a checkpoint with n_draws > row is committed), in the file's float type."""
+        layout = self.layout()
         try:
-            if current is None:
-                current = self._newest_state(read_parts=False)
+            fd = self._writer_fd(layout)
+            for name, value in values.items():
+                path = f"samples/{name}"
+                if path not in layout.offsets:
+                    continue
+                if row >= layout.capacity:
+                    raise ValueError(f"{name}: draw {row + 1} does not fit in {layout.capacity} rows")
+                data = np.ascontiguousarray(value, dtype=layout.dtypes[path].newbyteorder("<"))
+                if layout.offsets[path] is not None and data.size:
+                    write_at(fd, layout.offsets[path] + row * data.nbytes, data)
+            kill_point("append:draw_written")
+        except OSError as exc:
+            raise self._write_failed(row, exc) from None
+
+    def _writer_fd(self, layout) -> int:
+        if self._writer is not None and self._writer[1] != self._layout_inode:
+            os.close(self._writer[0])  # the file was rewritten: write into the new one
+            self._writer = None
+        if self._writer is None:
+            self._writer = (os.open(self.path, os.O_RDWR), self._layout_inode)
+        return self._writer[0]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer[0])
+            self._writer = None
+
+    def _write_failed(self, what, exc) -> UserError:
+        current = self._current
+        kept = (f"the previous checkpoint (iteration {current.iteration}) is intact"
+                if current is not None else "nothing was committed")
+        return UserError(
+            f"{self.path}: could not write the checkpoint of iteration {what} ({exc}); {kept}: "
+            "free disk space or fix permissions, then re-run the same command to resume")
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        """Write a checkpoint whose draws (rows below checkpoint.n_draws) were appended; the
+        commit record is written last.
+
+        A failed write (disk full, permissions, quota) leaves the previous checkpoint as the
+        committed one and is reported as a UserError saying so.
+        """
+        if self._current is None:
+            self._current = self._newest_state(read_parts=False)
+        try:
             parts = _flatten(checkpoint)
             if _signature(parts) != self.layout().signature:
-                self._rewrite(slab=slab, checkpoint=checkpoint, current=current)
+                self._rewrite(checkpoint=checkpoint)
             else:
-                self._commit_in_place(slab, checkpoint, parts, current)
+                self._commit_in_place(checkpoint, parts)
         except OSError as exc:
-            kept = (f"the previous checkpoint (iteration {current.iteration}) is intact"
-                    if current is not None else "nothing was committed")
-            raise UserError(
-                f"{self.path}: could not write the checkpoint of iteration {checkpoint.iteration} "
-                f"({exc}); {kept}: free disk space or fix permissions, then re-run the same "
-                "command to resume") from None
+            raise self._write_failed(checkpoint.iteration, exc) from None
 
-    def _commit_in_place(self, slab: dict, checkpoint: Checkpoint, parts: dict, current) -> None:
-        """Draws, then the buffer the chain did not resume from, then the commit record."""
+    def _commit_in_place(self, checkpoint: Checkpoint, parts: dict) -> None:
+        """The buffer the chain did not resume from, then (with the draws) to disk, then the
+        commit record."""
         layout = self.layout()
+        current = self._current
         fd = os.open(self.path, os.O_RDWR)
         try:
             commit = _commit_record(fd, layout)
             seq = max(int(commit[1]), current.seq if current is not None else 0) + 1
-            _write_draws(fd, layout, slab, checkpoint.n_draws)
             kill_point("commit:draws_written")
             buffer = BUFFERS[0] if current is None or current.buffer == BUFFERS[1] else BUFFERS[1]
             _write_buffer(fd, layout, buffer, parts, checkpoint, seq)
@@ -323,16 +367,15 @@ class ChainFile:
             os.close(fd)
 
     def _rewrite(self, capacity: int | None = None, target: int | None = None,
-                 slab: dict | None = None, checkpoint: Checkpoint | None = None,
-                 current=None) -> None:
+                 checkpoint: Checkpoint | None = None) -> None:
         """Write the chain anew under a temporary name, then rename it over this file.
 
         capacity/target: new rows of /samples and target; both buffers and the committed
-        draws are copied as they are. slab + checkpoint: a commit whose state has other
-        shapes than the buffers (the first commit, or a changed model): the new file holds
-        the draws before the slab's, the slab and this state in state_a (current: the
-        state the chain resumed from).
+        draws are copied as they are. checkpoint: a commit whose state has other shapes than
+        the buffers (the first commit, or a changed model): the new file holds its draws
+        (appended to this file) and this state in state_a.
         """
+        current = self._current
         layout = self.layout()
         progress = self.progress()
         capacity = layout.capacity if capacity is None else capacity
@@ -361,10 +404,8 @@ class ChainFile:
                     _copy_buffer(fd_old, layout, fd, new_layout, buffer)
                 state = None
             else:
-                first = checkpoint.n_draws - _slab_rows(slab)
                 for name in shapes:
-                    _copy_rows(fd_old, layout, fd, new_layout, name, first)
-                _write_draws(fd, new_layout, slab, checkpoint.n_draws)
+                    _copy_rows(fd_old, layout, fd, new_layout, name, checkpoint.n_draws)
                 seq = max(int(_commit_record(fd_old, layout)[1]),
                           current.seq if current is not None else 0) + 1
                 _write_buffer(fd, new_layout, BUFFERS[0], parts, checkpoint, seq)
@@ -457,10 +498,12 @@ class ChainFile:
             attrs = {k: v for k, v in f.attrs.items() if k not in ("capacity", "state_signature")}
             shapes = {name: d.shape[1:] for name, d in f["samples"].items()}
             dtype = next(iter(f["samples"].values())).dtype if shapes else "f8"
-            slab = {name: f["samples"][name][:checkpoint.n_draws] for name in shapes}
-        fixed = ChainFile(self.path + ".repaired")
-        fixed.create(attrs, shapes, progress.capacity, dtype, target=progress.target)
-        fixed.commit(slab, checkpoint)
+            fixed = ChainFile(self.path + ".repaired")
+            fixed.create(attrs, shapes, progress.capacity, dtype, target=progress.target)
+            for row in range(checkpoint.n_draws):
+                fixed.append(row, {name: f["samples"][name][row] for name in shapes})
+        fixed.commit(checkpoint)
+        fixed.close()
         damaged = self.path + ".damaged"
         os.replace(self.path, damaged)
         os.replace(fixed.path, self.path)
@@ -507,29 +550,6 @@ def _commit_record(fd, layout: _Layout) -> np.ndarray:
     buffer, newest = max(headers, key=lambda bh: bh[1][1])
     return np.array([MAGIC, newest[1], BUFFERS.index(buffer) + 1, newest[2], newest[3], 0,
                      layout.capacity], dtype=np.int64)
-
-
-def _slab_rows(slab: dict) -> int:
-    return max([np.shape(v)[0] for v in slab.values()] or [0])
-
-
-def _write_draws(fd, layout: _Layout, slab: dict, n_draws: int) -> None:
-    """The slab's draws as rows [n_draws - rows, n_draws) of /samples."""
-    committed = n_draws - _slab_rows(slab)
-    if committed < 0:
-        raise ValueError("more draws in the slab than in the checkpoint")
-    for name, values in slab.items():
-        path = f"samples/{name}"
-        if path not in layout.offsets:
-            continue
-        values = np.ascontiguousarray(values, dtype=layout.dtypes[path].newbyteorder("<"))
-        rows = values.shape[0]
-        if committed + rows > layout.capacity:
-            raise ValueError(f"{name}: {committed + rows} draws do not fit in {layout.capacity} rows")
-        if layout.offsets[path] is None or values.size == 0:
-            continue
-        row_bytes = layout.nbytes[path] // max(1, layout.capacity)
-        write_at(fd, layout.offsets[path] + committed * row_bytes, values)
 
 
 def _write_buffer(fd, layout: _Layout, buffer: str, parts: dict, cp: Checkpoint, seq: int) -> None:

@@ -106,6 +106,7 @@ def test_sample_survives_sigkill_at_any_instant(forkserver, sim_dir, tmp_path):
     # that no run that misses its point, or runs fast, finishes the chain.
     first = ["create:before_rename,sample:iteration:30", "rewrite:before_rename,sample:iteration:30"]
     hooked = [f"{p}:{n},sample:iteration:30" for n in (1, 2, 3) for p in COMMIT_POINTS[:4]]
+    hooked += [f"append:draw_written:{n},sample:iteration:30" for n in (2, 7)]
     hooked += [f"sample:iteration:{n}" for n in rng.integers(1, 21, size=10)]
     timed = list(rng.uniform(0.0, span, size=12))
     rest = [("hook", h) for h in hooked] + [("time", t) for t in timed]
@@ -115,7 +116,7 @@ def test_sample_survives_sigkill_at_any_instant(forkserver, sim_dir, tmp_path):
         if kind == "hook":
             code = finish(forkserver, ["sample", str(killed)], {"MEGALMM_TEST_KILL_AT": what})
             assert code == -signal.SIGKILL, (what, code)
-            kills["after an iteration" if what.startswith("sample:") else "in a commit"] += 1
+            kills["after an iteration" if what.startswith(("sample:", "append:")) else "in a commit"] += 1
         else:
             proc = start(forkserver, ["sample", str(killed)], {"MEGALMM_TEST_KILL_AT": "sample:iteration:25"})
             proc.join(what)
