@@ -14,8 +14,7 @@ Two exact Gibbs updates, chosen by the number of coefficients b:
 - b <= JOINT_MAX: tot_prec_j with beta_j integrated out, then beta_j jointly (one b x b
   Cholesky per column);
 - b > JOINT_MAX: tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE, each block
-  given the others (cost about 2 b^2 + b BLOCK_SIZE^2 / 3 per column instead of b^3 / 3),
-  one numba loop per column.
+  given the others (cost about 2 b^2 + b BLOCK_SIZE^2 / 3 per column instead of b^3 / 3).
 
 With several random effects (draw_by_slice) the columns are first whitened by the Grid-LMM
 cache's slice transform of their grid point, which makes the covariance diagonal again.
@@ -54,9 +53,7 @@ def sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamm
     """
     if xty.shape[1] <= JOINT_MAX:
         return _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs)
-    return _blocked_draws(np.ascontiguousarray(gram), grid_of_col, np.ascontiguousarray(xty), yty,
-                          np.ascontiguousarray(prior_prec), rate0, std_gamma,
-                          np.ascontiguousarray(normals), coefs)
+    return _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs)
 
 
 @njit(parallel=True, cache=True)
@@ -80,59 +77,59 @@ def _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, norm
     return tot_prec
 
 
-@njit(parallel=True, cache=True, fastmath=True)
 def _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs):
-    """tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE given the rest; one
-    column at a time (parallel over columns), coefs updated in place.
+    """tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE given the rest.
 
-    With G the column's Gram matrix and r = G beta kept up to date, block B's conditional is
-    N(P^-1 (xty_B - r_B + G_BB beta_B), P^-1 / tot_prec) with P = G_BB + diag(prior_B).
+    Columns at one grid point are processed together so that every product with the Gram
+    matrix is a matrix-matrix product; only the small per-column block systems are solved one
+    column at a time (numba, parallel over columns).
     """
     c, b = xty.shape
     tot_prec = np.empty(c)
-    for j in prange(c):
-        g = gram[grid_of_col[j]]
-        beta = coefs[j]
-        prior = prior_prec[j]
-        g_beta = np.empty(b)
-        quad = yty[j]
-        for p in range(b):
-            s = 0.0
-            for q in range(b):
-                s += g[p, q] * beta[q]
-            g_beta[p] = s
-            quad += beta[p] * (s - 2.0 * xty[j, p] + prior[p] * beta[p])
-        tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
-        tot_prec[j] = tau
+    for u in range(gram.shape[0]):
+        cols = np.flatnonzero(grid_of_col == u)
+        if cols.size == 0:
+            continue
+        g = gram[u]
+        beta = coefs[cols]
+        prior = prior_prec[cols]
+        g_beta = beta @ g  # G is symmetric
+        quad = (yty[cols] - 2.0 * np.einsum("ij,ij->i", beta, xty[cols])
+                + np.einsum("ij,ij->i", beta, g_beta) + np.einsum("ij,ij->i", prior, beta * beta))
+        tau = std_gamma[cols] / (rate0[cols] + 0.5 * np.maximum(quad, 0.0))
         sd = 1.0 / np.sqrt(tau)
-        prec = np.empty((BLOCK_SIZE, BLOCK_SIZE))
-        low = np.zeros((BLOCK_SIZE, BLOCK_SIZE))
-        rhs = np.empty(BLOCK_SIZE)
-        noise = np.empty(BLOCK_SIZE)
-        work = np.empty(BLOCK_SIZE)
-        new = np.empty(BLOCK_SIZE)
-        change = np.empty(BLOCK_SIZE)
         for start in range(0, b, BLOCK_SIZE):
-            m = min(BLOCK_SIZE, b - start)
-            for p in range(m):
-                s = xty[j, start + p] - g_beta[start + p]
-                for q in range(m):
-                    s += g[start + p, start + q] * beta[start + q]
-                    prec[p, q] = g[start + p, start + q]
-                prec[p, p] += prior[start + p]
-                rhs[p] = s
-                noise[p] = normals[j, start + p] * sd
-            cholesky_into(prec[:m, :m], low[:m, :m])
-            draw_with_factor(low[:m, :m], rhs[:m], noise[:m], work[:m], new[:m])
-            for p in range(m):
-                change[p] = new[p] - beta[start + p]
-                beta[start + p] = new[p]
-            for r in range(b):  # G is symmetric: r += G[:, block] change
-                s = 0.0
-                for p in range(m):
-                    s += g[r, start + p] * change[p]
-                g_beta[r] += s
+            blk = slice(start, min(start + BLOCK_SIZE, b))
+            rhs = xty[cols, blk] - g_beta[:, blk] + beta[:, blk] @ g[blk, blk]
+            new = _block_system_draws(np.ascontiguousarray(g[blk, blk]), np.ascontiguousarray(prior[:, blk]),
+                                      rhs, np.ascontiguousarray(normals[cols, blk]), sd)
+            change = new - beta[:, blk]
+            beta[:, blk] = new
+            g_beta += change @ g[blk, :]
+        coefs[cols] = beta
+        tot_prec[cols] = tau
     return tot_prec
+
+
+@njit(parallel=True, cache=True)
+def _block_system_draws(g_block, prior, rhs, normals, sd):
+    """Per column j: draw from N(P^-1 rhs_j, P^-1 sd_j^2), P = g_block + diag(prior_j). (c, m)."""
+    c, m = rhs.shape
+    out = np.empty((c, m))
+    chunks = min(c, 64)
+    for ch in prange(chunks):
+        prec = np.empty((m, m))
+        low = np.zeros((m, m))
+        work = np.empty(m)
+        noise = np.empty(m)
+        for j in range(ch * c // chunks, (ch + 1) * c // chunks):
+            prec[:, :] = g_block
+            for p in range(m):
+                prec[p, p] += prior[j, p]
+                noise[p] = normals[j, p] * sd[j]
+            cholesky_into(prec, low)
+            draw_with_factor(low, rhs[j], noise, work, out[j])
+    return out
 
 
 def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
