@@ -115,7 +115,7 @@ def run_fold(fold: int, workdir: Path, tall: pd.DataFrame, folds: pd.DataFrame,
             timing["setup"] = float(found.group(1)) if found else float("nan")
         print(f"fold {fold}: {step} {timing[step]:.1f} s: {out.strip().splitlines()[-1]}", flush=True)
     acc = pd.read_csv(fold_dir / "run" / "predictions" / "test_accuracy.csv")
-    acc = acc[acc["trait"] != "mean"].set_index("trait")
+    acc = acc.set_index("trait")
 
     # single-trait GBLUP on the same training cells
     envs = list(wide.columns)

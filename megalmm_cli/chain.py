@@ -76,7 +76,8 @@ def _imputed_cells(g):
     return g.miss_rows, np.repeat(np.arange(g.cols.size), np.diff(g.miss_ptr))
 
 
-def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elapsed: float) -> Checkpoint:
+def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elapsed: float,
+                  first_seconds: float = 0.0, runs: int = 0) -> Checkpoint:
     """Checkpoint of a state, without what can be rebuilt exactly: of a group's data only its
     imputed cells (the observed ones are the model's), nothing of groups without imputed
     cells (their Y and U_R are not carried from one iteration to the next), and with the ARD
@@ -95,7 +96,7 @@ def to_checkpoint(model: Model, state: State, moments: dict, n_draws: int, elaps
             means[f"{name}.m2"] = mom.m2
         means[f"{name}.count"] = np.array(mom.count)
     rng_states = {"rng": state.rng.bit_generator.state, "pred_rng": state.pred_rng.bit_generator.state}
-    return Checkpoint(state.iteration, n_draws, arrays, rng_states, means, elapsed)
+    return Checkpoint(state.iteration, n_draws, arrays, rng_states, means, elapsed, first_seconds, runs)
 
 
 def checkpoint_bytes(model: Model, mean_names) -> int:
@@ -183,10 +184,11 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                         if name == "F"})
         if model.n_effects > 1 and "U" in mean_names:  # genetic values of each effect
             moments["U_by_effect"] = RunningMoments.empty((model.n_effects, len(model.ids), model.t))
-        n_draws, elapsed = 0, 0.0
+        n_draws, elapsed, first_total, runs = 0, 0.0, 0.0, 0
     else:
         state, moments = from_checkpoint(model, checkpoint)
         n_draws, elapsed = checkpoint.n_draws, checkpoint.elapsed
+        first_total, runs = checkpoint.first_seconds, checkpoint.runs
 
     sample_names = _storable(storage, sample_names)
     if "U_cells" in sample_names and "U" not in moments:  # U_cells come with the mean of U
@@ -201,6 +203,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
             gibbs_iteration(model, state)
             if state.iteration == start_iteration + 1:
                 first_seconds = time.perf_counter() - started
+                first_total, runs = first_total + first_seconds, runs + 1
             it = state.iteration
             if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
                 reorder_factors(model, state)
@@ -216,7 +219,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                 now = time.perf_counter()
                 elapsed += now - started
                 started = now
-                storage.commit(to_checkpoint(model, state, moments, n_draws, elapsed))
+                storage.commit(to_checkpoint(model, state, moments, n_draws, elapsed, first_total, runs))
             if stop_now:
                 interrupted = stop.signal
                 break

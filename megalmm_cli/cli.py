@@ -455,9 +455,10 @@ def _check_disk(path, size: int, rewrite: bool) -> None:
 def predict(config, verbose, new_kinship, test_file, progress):
     """Write genetic values (U, U_sd) and expected phenotypes (eta_hat) from all chains.
 
-    Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv (individuals x traits,
-    including individuals with no phenotype), the same matrices in predictions.h5 (float32,
-    chunked), and test_accuracy.csv when the config names test cells. The directory is
+    Output: <output_dir>/predictions/U.csv, U_sd.csv, eta_hat.csv, reliability.csv
+    (individuals x traits, including individuals with no phenotype), the same matrices in
+    predictions.h5 (float32, chunked), and test_accuracy.csv (per trait) with
+    test_accuracy_mean.csv when the config names test cells. The directory is
     replaced whole, after every input has been checked. With several random effects also U_<effect>.csv and U_<effect>_sd.csv, the
     part of U from each effect (they sum to U.csv). With --new-kinship (one random effect),
     also U_new.csv (and eta_hat_new.csv when B1 draws and covariates allow) for individuals
@@ -496,8 +497,9 @@ def summarize(config, progress, verbose):
     correlations over every trait, chunked HDF5), G.csv, R.csv, G_cor.csv and the HPD bounds
     G_hpd_low/high.csv, R_hpd_low/high.csv for the traits chosen by summary.traits or
     summary.top (all traits when there are at most summary.top), diagnostics.csv
-    (rank-normalised split R-hat, bulk and tail ESS across chains), report.md and plots/*.png.
-    With several random effects also h2_by_effect.csv.
+    (rank-normalised split R-hat, bulk and tail ESS across chains), fixed_effects.csv (B1
+    with sd and 95% HPD), report.md and plots/*.png. With several random effects also
+    h2_by_effect.csv.
 
     \b
     Example:

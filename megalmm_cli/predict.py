@@ -73,8 +73,9 @@ def write_predictions_h5(path: Path, tables: dict, traits, ids) -> None:
             dset.attrs["rows"] = rows_name
 
 
-def test_accuracy(observed, predictions: dict, rows, cols, traits) -> pd.DataFrame:
-    """Per trait: n_test and cor(prediction, observation) for each prediction; plus a mean row."""
+def test_accuracy(observed, predictions: dict, rows, cols, traits) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per trait: n_test and cor(prediction, observation) for each prediction; and a
+    one-row table of the totals: n_traits, n_test and the mean correlations."""
     records = []
     for j, trait in enumerate(traits):
         sel = np.flatnonzero(cols == j)
@@ -87,11 +88,41 @@ def test_accuracy(observed, predictions: dict, rows, cols, traits) -> pd.DataFra
             rec[f"cor_{name}"] = float(np.corrcoef(x, y)[0, 1]) if ok else np.nan
         records.append(rec)
     table = pd.DataFrame(records)
-    if len(table):
-        mean = {"trait": "mean", "n_test": int(table["n_test"].sum())}
-        mean.update({c: table[c].mean() for c in table.columns if c.startswith("cor_")})
-        table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
-    return table
+    mean = {"n_traits": len(table), "n_test": int(table["n_test"].sum()) if len(table) else 0}
+    mean.update({c: table[c].mean() for c in table.columns if c.startswith("cor_")})
+    return table, pd.DataFrame([mean])
+
+
+def reliabilities(config: Config, ids, traits, genetic: RunningMoments, paths) -> np.ndarray | None:
+    """(N, t) reliability of every individual's genetic value in every trait, phenotyped or
+    not: 1 - PEV / prior variance, with PEV = U_sd^2 (from the draws) and the prior variance
+    K_ii E[G_jj] (the kinship's diagonal times the posterior mean genetic variance, from the
+    stored draws), clipped to [0, 1] (below 0: the data say nothing beyond the prior, and the
+    Monte Carlo estimate of PEV landed above it). One random effect over individuals only
+    (None otherwise, or without the draws G needs)."""
+    from .covariance import chain_draws, trait_diagonals
+    from .data import _reorder, load_kinship
+
+    if len(config.model.random) != 1 or genetic.count < 2:
+        return None
+    kin_cfg = next(k for k in config.data.kinships if k.name == config.model.random[0])
+    kinship = load_kinship(kin_cfg, config.data.psd_tolerance)
+    if kinship.matrix is None or not set(ids) <= set(kinship.ids):
+        return None
+    diagonal = np.diag(_reorder(kinship, list(ids)))
+    total, count = np.zeros(len(traits)), 0
+    for path in paths:
+        chain = ChainFile(path)
+        if not {"Lambda", "f_h2", "resid_h2", "tot_eta_prec"} <= set(chain.sample_names()):
+            return None
+        for d in chain_draws(chain):
+            total += trait_diagonals(d)["G_var"].sum(axis=0)
+            count += d.lam.shape[0]
+    if count == 0:
+        return None
+    prior = diagonal[:, None] * (total / count)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(prior > 0, np.clip(1.0 - genetic.sd() ** 2 / prior, 0.0, 1.0), np.nan)
 
 
 def read_test_file(path, ids, traits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,10 +169,14 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None, wa
                      + ", ".join(f"U_{name}.csv" for name in names) + " (and their _sd.csv); they sum to U")
     accuracy = None
     if rows.size:
-        accuracy = test_accuracy(values, predictions, rows, cols, traits)
-        mean = accuracy.iloc[-1]
-        notes.append(f"wrote {{out}}/test_accuracy.csv: {rows.size} test cells, mean correlation "
-                     + ", ".join(f"{c[4:]} {mean[c]:.3f}" for c in accuracy.columns if c.startswith("cor_")))
+        accuracy, mean = test_accuracy(values, predictions, rows, cols, traits)
+        notes.append(f"wrote {{out}}/test_accuracy.csv and test_accuracy_mean.csv: {rows.size} test "
+                     "cells, mean correlation "
+                     + ", ".join(f"{c[4:]} {mean[c].iloc[0]:.3f}" for c in mean.columns if c.startswith("cor_")))
+    reliability = reliabilities(config, ids, traits, genetic, paths)
+    if reliability is not None:
+        tables["reliability.csv"] = (ids, reliability)
+        notes.append("wrote {out}/reliability.csv: 1 - U_sd^2 / (K_ii G_jj) per individual and trait")
     if new_kinship is not None:
         new_tables, new_notes = predict_new(config, new_kinship, genetic.mean)
         tables.update(new_tables)
@@ -159,6 +194,7 @@ def run_predict(config: Config, echo=print, new_kinship=None, test_file=None, wa
         write_predictions_h5(out / "predictions.h5", tables, traits, ids)
         if accuracy is not None:
             accuracy.to_csv(out / "test_accuracy.csv", index=False, float_format="%.4f")
+            mean.to_csv(out / "test_accuracy_mean.csv", index=False, float_format="%.4f")
     for note in notes:
         echo(note.replace("{out}", str(final)))
     echo(f"wrote {final}/predictions.h5 (the same matrices, float32); CSV at "

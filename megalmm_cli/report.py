@@ -31,10 +31,25 @@ class ReportInfo:
     links: dict = field(default_factory=dict)  # label -> path relative to the report
     h2_by_effect: pd.DataFrame | None = None  # trait, effect, h2_mean, hpd_low, hpd_high (m > 1)
     subset_note: str = ""          # "300 of 20843 traits (...)" when G covers a subset
+    accuracy: pd.DataFrame | None = None   # predictions/test_accuracy.csv, when predict wrote it
+    samples: int = 0               # sampling iterations per chain (after burn-in)
 
 
-def verdict(worst_rhat: float, min_ess: float) -> tuple[str, str]:
-    """(verdict, advice) from the largest R-hat and smallest bulk ESS."""
+def more_iterations(min_ess: float, samples: int) -> int | None:
+    """Sampling iterations per chain (after burn-in) that would bring the smallest bulk ESS
+    to ESS_GOOD, if ESS grows in proportion (rounded up to a hundred)."""
+    if not samples or min_ess is None or not np.isfinite(min_ess) or min_ess <= 0:
+        return None
+    return int(math.ceil(samples * ESS_GOOD / min_ess / 100.0) * 100)
+
+
+def verdict(worst_rhat: float, min_ess: float, samples: int = 0) -> tuple[str, str]:
+    """(verdict, advice) from the largest R-hat and smallest bulk ESS; samples: the chains'
+    sampling iterations, for the advice on how many more to run."""
+    target = more_iterations(min_ess, samples)
+    extend = (f" Run about {target} sampling iterations per chain (now {samples}): "
+              f"`megalmm sample CONFIG --iterations {target}` extends the chains."
+              if target and target > samples else "")
     if worst_rhat is None or not np.isfinite(worst_rhat):
         return ("unknown", ("R-hat could not be computed (too few draws, or constant "
                             "parameters); run more iterations before trusting the results."))
@@ -45,11 +60,11 @@ def verdict(worst_rhat: float, min_ess: float) -> tuple[str, str]:
         return ("needs more iterations",
                 (f"The chains roughly agree (R-hat < {RHAT_OK}) but not yet to R-hat < {RHAT_GOOD} "
                  f"with bulk ESS >= {ESS_GOOD}; extend the chains (`megalmm sample --iterations`) "
-                 "before relying on the intervals."))
+                 "before relying on the intervals." + extend))
     return ("not converged",
             (f"Some R-hat >= {RHAT_OK}: the chains disagree. Run many more iterations (longer "
              "burn-in and more samples) and use more chains (mcmc.chains >= 4) so that "
-             "disagreement shows up; do not use these estimates yet."))
+             "disagreement shows up; do not use these estimates yet." + extend))
 
 
 def _fmt(x, digits=3) -> str:
@@ -98,27 +113,40 @@ def _settings_section(info: ReportInfo) -> list:
 
 def _timing_section(info: ReportInfo) -> list:
     lines = ["## Time per iteration", ""]
-    rows, total_s, total_it = [], 0.0, 0
+    rows, pers = [], []
     for c in info.chains:
         it, el = int(c.get("iteration", 0)), float(c.get("elapsed_seconds", 0.0))
-        per = f"{1000 * el / it:.1f} ms" if it else "n/a"
+        per_s = c.get("seconds_per_iteration")
+        per = f"{1000 * per_s:.1f} ms" if per_s else "n/a"
+        if per_s:
+            pers.append(per_s)
         rows.append((c.get("chain"), it, c.get("n_draws"), _seconds(el), per))
-        total_s, total_it = total_s + el, total_it + it
     if not rows:
         return lines + ["No chain information.", ""]
-    lines += _table(["chain", "iterations", "saved draws", "sampling time", "time / iteration"], rows)
-    if total_it:
-        lines += ["", (f"On average **{1000 * total_s / total_it:.1f} ms per iteration** "
-                       f"({total_it} iterations, {_seconds(total_s)} of sampling over "
-                       f"{len(rows)} chain(s)).")]
+    lines += _table(["chain", "iterations", "stored draws", "sampling time", "time / iteration"], rows)
+    if pers:
+        lines += ["", (f"On average **{1000 * float(np.mean(pers)):.1f} ms per iteration**, "
+                       "without the first iteration of each run (numba compilation).")]
     return lines + [""]
+
+
+def _accuracy_section(info: ReportInfo) -> list:
+    table = info.accuracy
+    if table is None or not len(table):
+        return []
+    cols = [c for c in table.columns if c.startswith("cor_")]
+    lines = ["## Prediction accuracy on the test cells", "",
+             (f"Correlation between the predictions and the {int(table.n_test.sum())} held-out "
+              f"cells of {len(table)} traits (predictions/test_accuracy.csv), mean over traits: "
+              + ", ".join(f"**{c[4:]} {table[c].mean():.3f}**" for c in cols) + "."), ""]
+    return lines
 
 
 def _convergence_section(info: ReportInfo) -> list:
     diag = info.diagnostics
     worst_rhat = float(diag.rhat.max()) if diag.rhat.notna().any() else float("nan")
     min_ess = float(diag.ess_bulk.min()) if diag.ess_bulk.notna().any() else float("nan")
-    label, advice = verdict(worst_rhat, min_ess)
+    label, advice = verdict(worst_rhat, min_ess, info.samples)
     u_cells = "a sample of genetic values U, " if diag.param.astype(str).str.startswith("U[").any() else ""
     lines = ["## Convergence", "", f"**Verdict: {label}.** {advice}", "",
              (f"Over {len(diag)} monitored parameters (trait h2, residual h2, the largest "
@@ -210,7 +238,8 @@ def _links_section(info: ReportInfo) -> list:
 def render_report(info: ReportInfo) -> str:
     lines = [f"# megalmm report: {info.run_name}", ""]
     for section in (_data_section, _settings_section, _timing_section, _convergence_section,
-                    _h2_section, _effects_section, _genetic_section, _links_section):
+                    _accuracy_section, _h2_section, _effects_section, _genetic_section,
+                    _links_section):
         lines += section(info)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -244,8 +273,18 @@ def chain_facts(paths) -> list:
         progress = chain.progress()
         facts.append({"chain": int(chain.attrs().get("chain", len(facts) + 1)),
                       "iteration": progress.iteration, "n_draws": progress.n_draws,
-                      "elapsed_seconds": progress.elapsed})
+                      "elapsed_seconds": progress.elapsed,
+                      "seconds_per_iteration": progress.seconds_per_iteration})
     return facts
+
+
+def _read_accuracy(config) -> pd.DataFrame | None:
+    """predictions/test_accuracy.csv when `megalmm predict` wrote it after the last sample."""
+    path = Path(config.run.output_dir) / "predictions" / "test_accuracy.csv"
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
 
 
 def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6) -> dict:
@@ -277,7 +316,8 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
                   "seed": config.run.seed},
         chains=chain_facts(chains_for_reading(config)), diagnostics=diag, h2=h2_table,
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
-        h2_by_effect=h2_by_effect, subset_note=subset_note,
+        h2_by_effect=h2_by_effect, subset_note=subset_note, accuracy=_read_accuracy(config),
+        samples=max([c["iteration"] - m.burn_in for c in chain_facts(chains_for_reading(config))] + [0]),
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
                "Per trait: h2, variances, intervals (traits.csv)": "traits.csv",
                **({"G, R and genetic correlations of every trait (matrices.h5)": "matrices.h5"}

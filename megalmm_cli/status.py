@@ -49,16 +49,13 @@ def chain_status(config: Config) -> list[dict]:
             chain = ChainFile(path)
             try:
                 progress = chain.progress()
-                state = chain.load() if progress.iteration else None
             except UserError:  # damaged, or of another megalmm version
                 row["iteration"] = row["n_draws"] = None
             else:
                 done = progress.iteration
                 row["iteration"], row["n_draws"] = done, progress.n_draws
                 row["planned"] = max(progress.target or configured, done)
-                elapsed = state.elapsed if state is not None else 0.0
-                if done > 0 and elapsed > 0:
-                    row["seconds_per_iteration"] = elapsed / done
+                row["seconds_per_iteration"] = progress.seconds_per_iteration
             row["checkpoint"] = datetime.fromtimestamp(
                 os.path.getmtime(path), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows.append(row)

@@ -10,7 +10,8 @@ Layout of chains/chain_<N>.h5 (docs/outputs.md shows how to read it):
     /state_a, /state_b    two checkpoint buffers, each: arrays/<name>[/<group>] (the sampler
                           state), means/<name> (running means), rng (Generator states as JSON
                           bytes), crc (CRC32 of each part), header (magic, seq, iteration,
-                          n_draws, elapsed microseconds, JSON length, CRC of crc, CRC)
+                          n_draws, elapsed microseconds, JSON length, microseconds spent in
+                          the first iteration of each run, runs, CRC of crc, CRC)
 
 The file is created whole (rawh5: every dataset allocated, then an atomic rename) and from
 then on changed only by pwrite into those datasets. Each draw is written into its row
@@ -41,7 +42,8 @@ from .rawh5 import (Marker, contiguous_dataset, dataset_offset, install, read_at
 
 MAGIC = 0x6D65_676C_6D6D_0001
 COMMIT = Marker(8)     # magic, seq, active, iteration, n_draws, target, capacity | crc
-HEADER = Marker(8)     # magic, seq, iteration, n_draws, elapsed_us, rng_len, crc of crc | crc
+HEADER = Marker(10)    # magic, seq, iteration, n_draws, elapsed_us, rng_len, first_us, runs,
+                       # crc of crc | crc
 BUFFERS = ("state_a", "state_b")
 RNG_BYTES = 16384
 COPY_BYTES = 1 << 26   # rows copied at a time when a file is rewritten
@@ -56,7 +58,9 @@ class Checkpoint:
     arrays: dict                     # name -> array, or name -> list of arrays
     rng_states: dict                 # name -> bit_generator.state
     means: dict                      # name -> array (running means / M2 and counts)
-    elapsed: float = 0.0
+    elapsed: float = 0.0             # seconds of sampling, every run together
+    first_seconds: float = 0.0       # of which in the first iteration of each run (compilation)
+    runs: int = 0                    # `sample` runs that made at least one iteration
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,16 @@ class Progress:
     target: int            # iterations to reach (0: not recorded)
     capacity: int          # rows of /samples
     elapsed: float = 0.0   # seconds of sampling up to the checkpoint
+    first_seconds: float = 0.0   # of which in the first iteration of each run
+    runs: int = 0
+
+    @property
+    def seconds_per_iteration(self) -> float | None:
+        """Sampling time per iteration without each run's first (compiling) iteration."""
+        rest = self.iteration - self.runs
+        if rest <= 0 or self.elapsed <= 0:
+            return None
+        return (self.elapsed - self.first_seconds) / rest
 
 
 @dataclass
@@ -102,7 +116,7 @@ def _copy_checkpoint(cp: Checkpoint) -> Checkpoint:
 
     return Checkpoint(cp.iteration, cp.n_draws, {k: copy(v) for k, v in cp.arrays.items()},
                       json.loads(json.dumps(cp.rng_states)), {k: copy(v) for k, v in cp.means.items()},
-                      cp.elapsed)
+                      cp.elapsed, cp.first_seconds, cp.runs)
 
 
 # ------------------------------------------------------------------ checkpoint <-> flat parts
@@ -259,8 +273,10 @@ class ChainFile:
             commit = _commit_record(fd, layout)
             active = int(commit[2])
             header = _header(fd, layout, BUFFERS[active - 1]) if active else None
-        elapsed = int(header[4]) / 1e6 if header is not None and header[1] == commit[1] else 0.0
-        return Progress(int(commit[3]), int(commit[4]), int(commit[5]), int(commit[6]), elapsed)
+        timing = (0.0, 0.0, 0)
+        if header is not None and header[1] == commit[1]:
+            timing = (int(header[4]) / 1e6, int(header[6]) / 1e6, int(header[7]))
+        return Progress(int(commit[3]), int(commit[4]), int(commit[5]), int(commit[6]), *timing)
 
     def set_target(self, target: int, capacity: int) -> None:
         """Record the iterations this chain samples towards; resize /samples to `capacity`
@@ -571,7 +587,7 @@ def _write_buffer(fd, layout: _Layout, buffer: str, parts: dict, cp: Checkpoint,
     crc_array = np.array(crcs, dtype="<i8")
     write_at(fd, layout.offsets[f"{buffer}/crc"], crc_array)
     header = [MAGIC, seq, cp.iteration, cp.n_draws, int(round(cp.elapsed * 1e6)), len(rng),
-              zlib.crc32(crc_array.tobytes())]
+              int(round(cp.first_seconds * 1e6)), cp.runs, zlib.crc32(crc_array.tobytes())]
     write_at(fd, layout.offsets[f"{buffer}/header"], HEADER.pack(header))
 
 
@@ -602,7 +618,7 @@ def _read_buffer(fd, layout: _Layout, buffer: str, seq: int, read_parts: bool) -
     iteration, n_draws, elapsed, rng_len = (int(header[i]) for i in (2, 3, 4, 5))
     crc_path = f"{buffer}/crc"
     crc_array = np.frombuffer(read_at(fd, layout.offsets[crc_path], layout.nbytes[crc_path]), "<i8")
-    if zlib.crc32(crc_array.tobytes()) != int(header[6]):
+    if zlib.crc32(crc_array.tobytes()) != int(header[8]):
         raise ValueError("its checksums are damaged")
     if not read_parts:
         return _State(buffer, seq, iteration, n_draws, None)
@@ -619,7 +635,8 @@ def _read_buffer(fd, layout: _Layout, buffer: str, seq: int, read_parts: bool) -
     if zlib.crc32(rng) != int(crc_array[-1]):
         raise ValueError("the Generator states are damaged")
     arrays, means = _unflatten(parts, set(sig["lists"]))
-    cp = Checkpoint(iteration, n_draws, arrays, json.loads(rng), means, elapsed / 1e6)
+    cp = Checkpoint(iteration, n_draws, arrays, json.loads(rng), means, elapsed / 1e6,
+                    int(header[6]) / 1e6, int(header[7]))
     return _State(buffer, seq, iteration, n_draws, cp)
 
 

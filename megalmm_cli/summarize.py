@@ -137,6 +137,7 @@ def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
     with h5py.File(prepared_path(config), "r") as f:
         traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        fixed_names = [s.decode() if isinstance(s, bytes) else s for s in f["x1_names"][()]]
         n_train = int(f.attrs["n_train"])
     effect_names = read_effect_names(config)
     stages = iter(range(100))
@@ -152,9 +153,26 @@ def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
         summaries.append(summarize_chain(chain))
     final = Path(config.run.output_dir) / "summary"
     with replaced_directory(final) as out:
-        _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out,
-               lambda text: echo(text.replace(str(out), str(final))), step)
+        say = lambda text: echo(text.replace(str(out), str(final)))  # noqa: E731
+        _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, say, step)
+        _write_fixed_effects(out / "fixed_effects.csv", chains, fixed_names, traits, say)
     return final
+
+
+def _write_fixed_effects(path: Path, chains, names, traits, echo) -> None:
+    """fixed_effects.csv: per fixed-effect column and trait, posterior mean, sd and 95% HPD
+    of B1 in the traits' original units (the intercept includes the trait mean)."""
+    if not names or not all("B1" in c.sample_names() for c in chains):
+        return
+    draws = np.concatenate([c.read_samples("B1").astype(np.float64) for c in chains])
+    if not len(draws):
+        return
+    low, high = hpd_interval(draws)
+    table = pd.DataFrame({"effect": np.repeat(names, len(traits)), "trait": np.tile(traits, len(names)),
+                          "mean": draws.mean(axis=0).ravel(), "sd": draws.std(axis=0, ddof=1).ravel(),
+                          "hpd_low": low.ravel(), "hpd_high": high.ravel()})
+    table.to_csv(path, index=False, float_format="%.6g")
+    echo(f"wrote {path}: {len(names)} fixed effects x {len(traits)} traits (mean, sd, 95% HPD)")
 
 
 def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo, step):

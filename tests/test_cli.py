@@ -114,7 +114,10 @@ def test_predict_scores_a_test_file_and_refuses_mixed_chains(tmp_path):
     result = invoke("predict", cfg, "--test", str(data / "heldout_cells.csv"))
     assert result.exit_code == 0, result.stderr
     table = (data / "run" / "predictions" / "test_accuracy.csv").read_text().splitlines()
-    assert table[0].startswith("trait,n_test,cor_U") and table[-1].startswith("mean,")
+    assert table[0].startswith("trait,n_test,cor_U") and len(table) == 1 + 5
+    assert not any(line.startswith("mean,") for line in table)
+    mean = (data / "run" / "predictions" / "test_accuracy_mean.csv").read_text().splitlines()
+    assert mean[0] == "n_traits,n_test,cor_U,cor_eta_hat" and mean[1].startswith("5,")
     first_cell = (data / "heldout_cells.csv").read_text().splitlines()[1].split(",")[:2]
     no_values = tmp_path / "cells.csv"
     no_values.write_text("id,trait\n" + ",".join(first_cell) + "\n")
