@@ -28,6 +28,16 @@ def small_model():
     return model_from_simulation(sim, k=4, max_groups=1)
 
 
+def one_error_line(result, *words):
+    """A user's mistake: exit 2, one line on stderr naming it (with `words`), no traceback."""
+    assert result.exit_code == 2, (result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("megalmm: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in result.output
+
+
 def run_small_pipeline(directory, commands, n_new=3, chains=2):
     """Simulate 40 individuals x 6 traits into `directory`, shorten the chains, and run the
     given CLI commands on its config. Returns (config path, {command: click Result})."""

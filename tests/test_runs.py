@@ -10,20 +10,11 @@ from click.testing import CliRunner
 
 from megalmm_cli.cli import main
 
-from .conftest import finish, run_small_pipeline
+from .conftest import finish, one_error_line, run_small_pipeline
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, *words):
-    assert result.exit_code == 2, (result.output, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("megalmm: error: "), result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert "Traceback" not in result.output
 
 
 def snapshot(directory):
@@ -94,21 +85,14 @@ def test_advice_after_a_config_change_works(tmp_path):
     assert invoke("predict", config).exit_code == 0
 
 
-def test_bad_new_kinship_leaves_the_predictions_as_they_were(finished_run, tmp_path):
+@pytest.mark.parametrize("option,name,text", [("--new-kinship", "bad.csv", "id,L0,L1\nNEW1,0.1,oops\n"),
+                                              ("--test", "cells.csv", "id,trait\nZZZ,t1\n")])
+def test_a_bad_input_file_leaves_the_predictions_as_they_were(finished_run, tmp_path, option, name, text):
     out = finished_run.parent / "run" / "predictions"
     before = snapshot(out)
-    bad = tmp_path / "bad.csv"
-    bad.write_text("id,L0,L1\nNEW1,0.1,oops\n")
-    one_error_line(invoke("predict", finished_run, "--new-kinship", bad), "bad.csv")
-    assert snapshot(out) == before
-
-
-def test_bad_test_file_leaves_the_predictions_as_they_were(finished_run, tmp_path):
-    out = finished_run.parent / "run" / "predictions"
-    before = snapshot(out)
-    bad = tmp_path / "cells.csv"
-    bad.write_text("id,trait\nZZZ,t1\n")
-    one_error_line(invoke("predict", finished_run, "--test", bad), "cells.csv")
+    bad = tmp_path / name
+    bad.write_text(text)
+    one_error_line(invoke("predict", finished_run, option, bad), name)
     assert snapshot(out) == before
 
 
