@@ -425,3 +425,15 @@ def test_sample_refuses_when_the_disk_cannot_hold_the_chain(sim_dir, tmp_path, m
     monkeypatch.undo()
     done = CliRunner().invoke(main, ["sample", cfg])
     assert done.exit_code == 0 and "chain file" in done.output and "as float32" in done.output
+
+
+def test_checkpoint_size_estimate_is_exact(small_model):
+    """chain_file_bytes (printed before sampling, checked against the free disk) counts the
+    checkpoint's arrays exactly as to_checkpoint makes them."""
+    from megalmm_cli.chain import checkpoint_bytes
+    from megalmm_cli.storage import _flatten
+
+    store = MemoryChain()
+    run_chain(small_model, store, Plan(5, 10, 2, 0, 15), ("f_h2",), MEANS, seed=1, chain=1)
+    parts = _flatten(store.load())
+    assert sum(a.nbytes for a in parts.values()) == checkpoint_bytes(small_model, MEANS)
