@@ -5,7 +5,8 @@ import numpy as np
 from .gibbs.blas import matmul
 from .gibbs.coefficients import (draw_by_slice, gamma_shape, grouped_normal_equations,
                                  sample_coefficients)
-from .gibbs.factors import sample_factor_scores
+from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
+                            sample_pair_rotations, sample_rotated_scores, sample_translation)
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
@@ -97,18 +98,26 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     state.resid_h2_index[cols] = index
 
 
-def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
-    """Step 5: (tot_f_prec, B2F), f_h2, U_F for the factors as data.
+def scores_collapsed(model: Model) -> bool:
+    """Whether step 6 draws (F, U_F) jointly with U_F integrated out: one random effect and
+    every missing-data group on all training rows (then the factor rotation makes the rows of
+    Q'F independent; see gibbs/factors.py)."""
+    return model.factor_cache is None and all(g.rot is model.factor_rot for g in model.groups)
 
+
+def sample_factor_side(model: Model, state: State, f_rot=None) -> None:
+    """Step 5: (tot_f_prec, B2F), f_h2, then U_F for the factors as data.
+
+    U_F is left to step 6 when that step draws it jointly with F (scores_collapsed).
     f_rot: (n, k) F in the factor rotation when already computed this iteration.
     """
     if f_rot is None:
         f_rot = model.factor_rot.vectors.T @ state.F
     with threads_for(model.n * model.k):
-        _sample_factor_side(model, state, f_rot)
+        _sample_factor_side(model, state, f_rot, not scores_collapsed(model))
 
 
-def _sample_factor_side(model: Model, state: State, f_rot) -> None:
+def _sample_factor_side(model: Model, state: State, f_rot, draw_effects: bool) -> None:
     p = model.priors
     rng = state.rng
     k, cache = model.k, model.factor_cache
@@ -133,9 +142,10 @@ def _sample_factor_side(model: Model, state: State, f_rot) -> None:
     if cache is None:
         index = sample_h2_index(resid_rot, model.factor_weights, tau, model.factor_log_prior,
                                 rng.random(k), model.factor_half_logdet)
-        state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values,
-                                              model.grid[index, 0], tau,
-                                              rng.standard_normal((model.n, k)))
+        if draw_effects:
+            state.U_F_rot = sample_random_effects(resid_rot, model.factor_rot.values,
+                                                  model.grid[index, 0], tau,
+                                                  rng.standard_normal((model.n, k)))
     else:
         loglik = general_loglik(resid_rot, cache, tau, model.factor_log_prior)
         index = draw_grid_index(loglik, rng.random(k))
@@ -147,7 +157,10 @@ def _sample_factor_side(model: Model, state: State, f_rot) -> None:
 
 
 def sample_scores(model: Model, state: State) -> None:
-    """Step 6: F row by row given everything else."""
+    """Step 6: F row by row given everything else; (F, U_F) jointly where scores_collapsed."""
+    if scores_collapsed(model):
+        sample_scores_and_factor_effects(model, state)
+        return
     resid_prec = state.tot_eta_prec / (1.0 - model.grid_total[state.resid_h2_index])
     f_e_prec = state.tot_f_prec / (1.0 - model.grid_total[state.f_h2_index])
     # rhs = f_e_prec * (X2 B2F + U_F) + sum_g Lambda_g Psi_g (y - X1 B1 - U_R)_g; terms held in
@@ -171,6 +184,74 @@ def sample_scores(model: Model, state: State) -> None:
     with threads_for(model.n * model.k):
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
                                        f_e_prec, normals(state.rng, (model.n, model.k)))
+    common = common_fixed_columns(model)
+    if common.any():  # the translation move, given U_F: F's entries are independent a priori
+        x1 = model.x1[:, common]
+        f_mean = model.x2 @ state.B2F + model.factor_rot.vectors @ state.U_F_rot
+        shift = sample_translation(x1, state.F - f_mean,
+                                   np.broadcast_to(f_e_prec, state.F.shape),
+                                   state.rng.standard_normal((x1.shape[1], model.k)))
+        state.F += x1 @ shift
+        state.B1[common] -= shift @ state.Lambda
+
+
+def rotate_factor_pairs(state: State, f_rot, prior_mean, prior_prec) -> None:
+    """The rotation move on a random matching of factor pairs; updates f_rot, prior_mean,
+    Lambda and B2F in place (gibbs/factors.py)."""
+    pairs = factor_pairs(state.rng, state.Lambda.shape[0])
+    blocks = [(f_rot - prior_mean, prior_prec, 1),
+              (state.Lambda, state.tot_eta_prec[None, :] * state.lambda_prec, 0)]
+    if state.B2F.shape[0]:
+        blocks.append((state.B2F, state.tot_f_prec[None, :] * state.B2F_prec, 1))
+    cos, sin = sample_pair_rotations(blocks, pairs, state.rng)
+    rotate_pairs(f_rot, pairs, cos, sin)
+    rotate_pairs(prior_mean, pairs, cos, sin)
+    rotate_pairs(state.Lambda, pairs, cos, sin, axis=0)
+    if state.B2F.shape[0]:
+        rotate_pairs(state.B2F, pairs, cos, sin)
+
+
+def common_fixed_columns(model: Model) -> np.ndarray:
+    """(b1,) bool: fixed-effect columns estimated in every missing-data group, those the
+    translation move may shift (a column dropped by a group keeps B1 = 0 there)."""
+    common = np.ones(model.x1.shape[1], dtype=bool)
+    for g in model.groups:
+        common &= g.x1_keep
+    return common
+
+
+def sample_scores_and_factor_effects(model: Model, state: State) -> None:
+    """Step 6 with U_F integrated out: F* = Q'F row by row, the translation move of F and B1,
+    the rotation move of factor pairs, then U_F* given F* (all exact)."""
+    resid_prec = state.tot_eta_prec / (1.0 - model.grid_total[state.resid_h2_index])
+    h2 = model.grid[state.f_h2_index, 0]
+    values = model.factor_rot.values
+    prior_prec = state.tot_f_prec[None, :] / (h2[None, :] * values[:, None] + (1.0 - h2)[None, :])
+    prior_mean = model.x2_rot @ state.B2F
+    rhs = prior_prec * prior_mean
+    precision = np.zeros((model.k, model.k))
+    for gi, g in enumerate(model.groups):
+        cols = g.col_index
+        scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
+        rhs += matmul(state.Y_rot[gi], scaled.T)
+        rhs -= g.x1_rot @ (state.B1[g.x1_keep][:, cols] @ scaled.T)
+        rhs -= matmul(state.U_R_rot[gi], scaled.T)
+        precision += matmul(scaled, state.Lambda[:, cols].T)
+    with threads_for(model.n * model.k):
+        f_rot = sample_rotated_scores(rhs, precision, prior_prec,
+                                      normals(state.rng, (model.n, model.k)))
+        common = common_fixed_columns(model)
+        if common.any():
+            x_rot = model.factor_rot.vectors.T @ model.x1[:, common]
+            shift = sample_translation(x_rot, f_rot - prior_mean, prior_prec,
+                                       state.rng.standard_normal((int(common.sum()), model.k)))
+            f_rot += x_rot @ shift
+            state.B1[common] -= shift @ state.Lambda
+        if model.k > 1:
+            rotate_factor_pairs(state, f_rot, prior_mean, prior_prec)
+        state.F = model.factor_rot.vectors @ f_rot
+        state.U_F_rot = sample_random_effects(f_rot - prior_mean, values, h2, state.tot_f_prec,
+                                              normals(state.rng, (model.n, model.k)))
 
 
 def sample_shrinkage(model: Model, state: State) -> None:

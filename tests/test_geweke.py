@@ -433,3 +433,34 @@ def test_geweke_two_effects_negative_control(two_effect_model, two_effect_mc, mo
                        label="two effects, negative control", top=10)
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
     assert any(name.startswith(("resid_h2", "f_h2")) for name in flagged), report(names, z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_negative_control_collapsed_scores(model, mc_stats, monkeypatch):
+    """F drawn with U_F integrated out (one group, one effect: the path of this model) but with
+    its prior precision doubled must be flagged."""
+    names, _ = mc_stats
+    assert sampler_mod.scores_collapsed(model)
+    original = sampler_mod.sample_rotated_scores
+
+    def wrong(rhs, precision, prior_prec, normals):
+        return original(rhs, precision, 2.0 * prior_prec, normals)
+
+    monkeypatch.setattr(sampler_mod, "sample_rotated_scores", wrong)
+    z = geweke_chain_z(model, mc_stats, NEGATIVE_ITERATIONS, seed=4, label="collapsed scores, negative control", top=10)
+    assert np.max(np.abs(z)) >= Z_MAX, report(names, z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_negative_control_rotation(model, mc_stats, monkeypatch):
+    """The rotation move of the factor pair without Lambda's prior (only F's) must be flagged."""
+    names, _ = mc_stats
+    original = sampler_mod.sample_pair_rotations
+
+    def wrong(blocks, pairs, rng):
+        return original(blocks[:1], pairs, rng)
+
+    monkeypatch.setattr(sampler_mod, "sample_pair_rotations", wrong)
+    z = geweke_chain_z(model, mc_stats, 3 * NEGATIVE_ITERATIONS, seed=4,
+                       label="rotation, negative control", top=10)
+    assert np.max(np.abs(z)) >= Z_MAX, report(names, z, 15)

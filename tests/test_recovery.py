@@ -52,21 +52,19 @@ def test_genetic_covariance_recovered(fit):
 
 def test_fixed_effects_recovered(fit):
     """B1 (intercept, population, covariate x) in the traits' units: the true value lies in
-    the 95% HPD interval of most coefficients; a 30% mis-scaled truth much less often.
-
-    Issue #14 asks for >= 90%. This 200-draw chain gives 79% (intercepts), 78% (population)
-    and 89% (x), and a 600-draw one 86/83/94%: the intercept and population effects mix
-    slowly against the factors' means (bulk ESS of B1 1.5-18 of 600 draws), so short chains
-    give too narrow intervals. The bounds below hold for the chain as it mixes today."""
+    the 95% HPD interval of >= 90% of the coefficients of each kind (96/97/94% when written);
+    a 30% mis-scaled truth much less often (79%). Before the translation move of F and B1
+    (gibbs/factors.py) this chain gave 79/78/89%: B1 mixed slowly against the factors' means
+    (bulk ESS 1.5-18 of 600 draws; now 66-187 of 200)."""
     from megalmm_cli.covariance import hpd_interval
 
     sim, model, store = fit
     low, high = hpd_interval(store.samples["B1"])
     covered = (low <= sim.B1) & (sim.B1 <= high)
-    assert covered.mean() >= 0.75 and covered[2].mean() >= 0.85, covered.mean(axis=1)
+    assert np.all(covered.mean(axis=1) >= 0.90), covered.mean(axis=1)
     slopes = slice(1, 3)  # population and x effects (the intercepts are far from 0)
     wrong = (low[slopes] <= 1.3 * sim.B1[slopes]) & (1.3 * sim.B1[slopes] <= high[slopes])
-    assert wrong.mean() < covered[slopes].mean() - 0.05
+    assert wrong.mean() < covered[slopes].mean() - 0.1
 
 
 def test_genetic_values_on_heldout_cells(fit):

@@ -1,0 +1,250 @@
+"""Step 6's two exact additions, against dense closed-form answers on tiny problems:
+
+- F drawn with U_F integrated out, row by row in the eigenbasis of K (sample_rotated_scores);
+- the translation move F -> F + X1 A, B1 -> B1 - A Lambda (sample_translation), which must
+  leave the joint conditional of (F, B1) invariant: exact draws of (F, B1) stay exact draws
+  after the move, and a move with the wrong spread (the bug of a forgotten precision) does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megalmm_cli.gibbs.factors import sample_rotated_scores, sample_translation
+from megalmm_cli.gridlmm import rotation
+
+from .test_conditionals import assert_gaussian_cov_close, assert_mean_close, random_kinship
+
+N, K, T, B = 7, 2, 4, 2
+
+
+def prior_covariances(kinship, h2, tot_f_prec):
+    """Per factor q: the prior covariance of F's column q with U_F integrated out, (K, n, n)."""
+    eye = np.eye(kinship.shape[0])
+    return np.stack([(h * kinship + (1.0 - h) * eye) / tau for h, tau in zip(h2, tot_f_prec)])
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(606)
+    kinship = random_kinship(rng, N)
+    return dict(
+        kinship=kinship,
+        rot=rotation(kinship, np.arange(N)),
+        lam=rng.standard_normal((K, T)),
+        resid_prec=rng.uniform(0.5, 3.0, T),
+        h2=np.array([0.3, 0.8]),
+        tot_f_prec=np.array([1.4, 0.7]),
+        prior_mean=rng.standard_normal((N, K)) * 0.5,   # X2 B2F
+        x1=np.column_stack([np.ones(N), rng.standard_normal(N)]),
+        data=rng.standard_normal((N, T)) * 2.0,          # Y - U_R
+    )
+
+
+def dense_score_conditional(d, data):
+    """Mean (n, k) and covariance (n k, n k) of vec(F) (column-major) given data = F Lambda + E."""
+    cov = prior_covariances(d["kinship"], d["h2"], d["tot_f_prec"])
+    prior_prec = np.zeros((N * K, N * K))
+    for q in range(K):
+        prior_prec[q * N:(q + 1) * N, q * N:(q + 1) * N] = np.linalg.inv(cov[q])
+    lam_psi = d["lam"] * d["resid_prec"]
+    prec = np.kron(lam_psi @ d["lam"].T, np.eye(N)) + prior_prec
+    rhs = (data @ lam_psi.T).T.ravel() + prior_prec @ d["prior_mean"].T.ravel()
+    post_cov = np.linalg.inv(prec)
+    return (post_cov @ rhs).reshape(K, N).T, post_cov
+
+
+def rotated_inputs(d, data):
+    q, s = d["rot"].vectors, d["rot"].values
+    prior_prec = d["tot_f_prec"] / (d["h2"] * s[:, None] + 1.0 - d["h2"])
+    lam_psi = d["lam"] * d["resid_prec"]
+    rhs = prior_prec * (q.T @ d["prior_mean"]) + (q.T @ data) @ lam_psi.T
+    return rhs, lam_psi @ d["lam"].T, prior_prec
+
+
+def test_rotated_scores_exact_mean_and_covariance(problem):
+    d = problem
+    rhs, precision, prior_prec = rotated_inputs(d, d["data"])
+    q = d["rot"].vectors
+    mean_rot = sample_rotated_scores(rhs, precision, prior_prec, np.zeros((N, K)))
+    mean, cov = dense_score_conditional(d, d["data"])
+    np.testing.assert_allclose(q @ mean_rot, mean, atol=1e-10)
+    # column j of every row's root: the draw with the unit normal e_j in every row
+    roots = [sample_rotated_scores(rhs, precision, prior_prec, np.tile(np.eye(K)[j], (N, 1)))
+             - mean_rot for j in range(K)]
+    row_cov = sum(np.einsum("iq,ir->iqr", r, r) for r in roots)           # (n, k, k)
+    got = np.einsum("ai,iqr,bi->qarb", q, row_cov, q).reshape(K * N, K * N)
+    np.testing.assert_allclose(got, cov, atol=1e-10)
+
+
+def joint_conditional(d):
+    """Mean and covariance of theta = (vec F, vec B1) given Y - U_R = X1 B1 + F Lambda + E,
+    with B1's flat prior and F's prior with U_F integrated out."""
+    lam, x1 = d["lam"], d["x1"]
+    design = np.hstack([np.kron(lam.T, np.eye(N)), np.kron(np.eye(T), x1)])   # vec(Y) columns
+    weights = np.repeat(d["resid_prec"], N)
+    cov_f = prior_covariances(d["kinship"], d["h2"], d["tot_f_prec"])
+    prior_prec = np.zeros((N * K + B * T,) * 2)
+    for q in range(K):
+        prior_prec[q * N:(q + 1) * N, q * N:(q + 1) * N] = np.linalg.inv(cov_f[q])
+    prior_mean = np.concatenate([d["prior_mean"].T.ravel(), np.zeros(B * T)])
+    prec = design.T @ (weights[:, None] * design) + prior_prec
+    rhs = design.T @ (weights * d["data"].T.ravel()) + prior_prec @ prior_mean
+    cov = np.linalg.inv(prec)
+    return cov @ rhs, cov
+
+
+def unpack(theta):
+    return theta[:N * K].reshape(K, N).T, theta[N * K:].reshape(T, B).T
+
+
+def moved_draws(d, draws, rng, weight_scale=1.0):
+    """Apply the collapsed path's move (in the eigenbasis of K) to each exact draw."""
+    q, s = d["rot"].vectors, d["rot"].values
+    prior_prec = d["tot_f_prec"] / (d["h2"] * s[:, None] + 1.0 - d["h2"])
+    x_rot = q.T @ d["x1"]
+    mean_rot = q.T @ d["prior_mean"]
+    out = np.empty_like(draws)
+    for m, theta in enumerate(draws):
+        f, b1 = unpack(theta)
+        f_rot = q.T @ f
+        shift = sample_translation(x_rot, f_rot - mean_rot, prior_prec * weight_scale,
+                                   rng.standard_normal((B, K)))
+        f_new = q @ (f_rot + x_rot @ shift)
+        b1_new = b1 - shift @ d["lam"]
+        out[m] = np.concatenate([f_new.T.ravel(), b1_new.T.ravel()])
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact_draws(problem):
+    mean, cov = joint_conditional(problem)
+    rng = np.random.default_rng(7)
+    return mean, cov, rng.multivariate_normal(mean, cov, size=20_000)
+
+
+def test_translation_keeps_the_linear_predictor(problem, exact_draws):
+    d = problem
+    _, _, draws = exact_draws
+    moved = moved_draws(d, draws[:50], np.random.default_rng(1))
+    for before, after in zip(draws[:50], moved):
+        f0, b0 = unpack(before)
+        f1, b1 = unpack(after)
+        np.testing.assert_allclose(d["x1"] @ b1 + f1 @ d["lam"], d["x1"] @ b0 + f0 @ d["lam"],
+                                   atol=1e-10)
+        assert np.abs(f1 - f0).max() > 1e-3  # it did move
+
+
+def test_translation_leaves_the_conditional_invariant(problem, exact_draws):
+    d = problem
+    mean, cov, draws = exact_draws
+    moved = moved_draws(d, draws, np.random.default_rng(2))
+    assert_mean_close(moved, mean, cov, "after the move")
+    assert_gaussian_cov_close(moved, cov, "after the move")
+    # the move forgets where the factors' means were: the intercept direction decorrelates
+    f_sum_before = draws[:, :N * K].reshape(-1, K, N).sum(axis=2)
+    f_sum_after = moved[:, :N * K].reshape(-1, K, N).sum(axis=2)
+    for q in range(K):
+        assert abs(np.corrcoef(f_sum_before[:, q], f_sum_after[:, q])[0, 1]) < 0.2
+
+
+def test_translation_negative_control_wrong_spread(problem, exact_draws):
+    """A move that draws A with 4x its variance (a forgotten precision) is detected."""
+    d = problem
+    mean, cov, draws = exact_draws
+    moved = moved_draws(d, draws, np.random.default_rng(3), weight_scale=0.25)
+    with pytest.raises(AssertionError):
+        assert_gaussian_cov_close(moved, cov, "wrong spread")
+
+
+def test_translation_given_u_f_leaves_the_conditional_invariant(problem):
+    """The path with several groups or effects: U_F held fixed, F's entries independent."""
+    d = problem
+    rng = np.random.default_rng(11)
+    u_f = rng.standard_normal((N, K)) * 0.4
+    e_prec = d["tot_f_prec"] / (1.0 - d["h2"])
+    # the same dense algebra with V_q = I (1 - h2_q) / tot_f_prec_q around X2 B2F + U_F
+    local = dict(d, kinship=np.zeros((N, N)), prior_mean=d["prior_mean"] + u_f,
+                 tot_f_prec=e_prec, h2=np.zeros(K))
+    mean, cov = joint_conditional(local)
+    draws = rng.multivariate_normal(mean, cov, size=20_000)
+    moved = np.empty_like(draws)
+    for m, theta in enumerate(draws):
+        f, b1 = unpack(theta)
+        shift = sample_translation(d["x1"], f - local["prior_mean"],
+                                   np.broadcast_to(e_prec, (N, K)), rng.standard_normal((B, K)))
+        moved[m] = np.concatenate([(f + d["x1"] @ shift).T.ravel(),
+                                   (b1 - shift @ d["lam"]).T.ravel()])
+    assert_mean_close(moved, mean, cov, "given U_F")
+    assert_gaussian_cov_close(moved, cov, "given U_F")
+
+
+# ------------------------------------------------------------------ rotation move
+
+
+def log_prior_along_orbit(theta, blocks, a, b):
+    """Brute force: the Gaussian log densities of every block after rotating pair (a, b)."""
+    c, s = np.cos(theta), np.sin(theta)
+    total = 0.0
+    for values, weights in blocks:
+        new = values.copy()
+        new[:, a] = c * values[:, a] + s * values[:, b]
+        new[:, b] = -s * values[:, a] + c * values[:, b]
+        total += -0.5 * np.sum(weights * new**2)
+    return total
+
+
+def test_rotation_conditional_is_the_orbit_density():
+    """The von Mises draw of each pair's angle has the brute-force density along the orbit:
+    its log density differs from the direct one by a constant, and a large sample of angles
+    has the right circular moments."""
+    from megalmm_cli.gibbs.factors import (_orbit_coefficients, _orbit_coefficients_rows,
+                                          sample_pair_rotations)
+
+    rng = np.random.default_rng(99)
+    k = 4
+    blocks = [(rng.standard_normal((9, k)), rng.uniform(0.2, 3.0, (9, k))),
+              (rng.standard_normal((5, k)) * 0.7, rng.uniform(0.5, 4.0, (5, k)))]
+    pairs = np.array([[2, 0], [1, 3]])
+    p_coef = sum(_orbit_coefficients(v, w, pairs)[0] for v, w in blocks)
+    s_coef = sum(_orbit_coefficients(v, w, pairs)[1] for v, w in blocks)
+    # the kernel for factors along axis 0 (Lambda's layout) gives the same coefficients
+    rows = [_orbit_coefficients_rows(np.ascontiguousarray(v.T), np.ascontiguousarray(w.T), pairs)
+            for v, w in blocks]
+    np.testing.assert_allclose(sum(r[0] for r in rows), p_coef, rtol=1e-12)
+    np.testing.assert_allclose(sum(r[1] for r in rows), s_coef, rtol=1e-12)
+    grid = np.linspace(0.0, 2.0 * np.pi, 73)
+    for r, (a, b) in enumerate(pairs):
+        direct = np.array([log_prior_along_orbit(th, blocks, a, b) for th in grid])
+        formula = -0.5 * (p_coef[r] * np.cos(2 * grid) + s_coef[r] * np.sin(2 * grid))
+        np.testing.assert_allclose(direct - direct[0], formula - formula[0], atol=1e-10)
+    # Monte Carlo: E[cos theta'], E[sin theta'] of the drawn angle against quadrature
+    draws = 100_000
+    cos, sin = sample_pair_rotations([(v, w, 1) for v, w in blocks], np.tile(pairs, (draws, 1)),
+                                     rng)
+    fine = np.linspace(0.0, 2.0 * np.pi, 20_001)[:-1]
+    for r, (a, b) in enumerate(pairs):
+        logd = np.array([log_prior_along_orbit(th, blocks, a, b) for th in fine])
+        dens = np.exp(logd - logd.max())
+        dens /= dens.sum()
+        for stat, values in (("cos 2theta", np.cos(2 * fine)), ("sin 2theta", np.sin(2 * fine)),
+                             ("cos theta", np.cos(fine))):
+            drawn = {"cos 2theta": cos[r::2] ** 2 - sin[r::2] ** 2,
+                     "sin 2theta": 2 * cos[r::2] * sin[r::2], "cos theta": cos[r::2]}[stat]
+            expected = np.sum(dens * values)
+            se = np.sqrt(max(np.sum(dens * values**2) - expected**2, 1e-12) / draws)
+            assert abs(drawn.mean() - expected) < 5 * se, (r, stat, drawn.mean(), expected)
+
+
+def test_rotation_keeps_the_product_of_scores_and_loadings():
+    from megalmm_cli.gibbs.factors import rotate_pairs
+
+    rng = np.random.default_rng(5)
+    f, lam = rng.standard_normal((6, 5)), rng.standard_normal((5, 3))
+    product = f @ lam
+    pairs = np.array([[4, 1], [0, 2]])
+    theta = rng.uniform(0, 2 * np.pi, 2)
+    rotate_pairs(f, pairs, np.cos(theta), np.sin(theta))
+    rotate_pairs(lam, pairs, np.cos(theta), np.sin(theta), axis=0)
+    np.testing.assert_allclose(f @ lam, product, atol=1e-12)
