@@ -527,6 +527,46 @@ def summarize(config, progress, verbose):
 
 @main.command()
 @click.argument("config", type=click.Path())
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help="File to write (default: <output_dir>/posterior.nc).")
+@progress_option
+@verbose_option
+def export(config, output, progress, verbose):
+    """Write the draws of every chain as an ArviZ InferenceData file (netCDF4).
+
+    Groups posterior (every stored parameter, with named trait/factor/id coordinates, and per
+    trait the identified h2, G_var and R_var of each draw) and sample_stats (iteration,
+    number of effective factors), dimensions (chain, draw, ...). Open it with
+    arviz.from_netcdf(path) or xarray.open_datatree(path); R reads it as HDF5 (rhdf5, hdf5r)
+    or with ncdf4. Needs h5netcdf: pip install "megalmm-cli[arviz]". docs/outputs.md shows
+    how to read it.
+
+    \b
+    Example:
+      megalmm export configs/example.yaml
+    """
+    def action():
+        from .export import run_export
+
+        bar = _bar(progress, "export", unit="part")
+
+        def part(done, total, description):
+            bar.total = total
+            bar.set_description(description, refresh=False)
+            bar.update(done - bar.n)
+
+        try:
+            run_export(_load(config), output=output, echo=_echo, warn=_warn,
+                       progress=part if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    _run(action, verbose)
+
+
+@main.command()
+@click.argument("config", type=click.Path())
 @verbose_option
 def status(config, verbose):
     """Show each chain's progress and whether a process is sampling it.

@@ -237,7 +237,7 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     names, series = monitored
     step(f"summarize: convergence of {len(names)} parameters")
     diag = diagnostics_table(names, series)
-    diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.6g")
+    diag.to_csv(out / "diagnostics.csv", index=False, float_format="%.10g")
     worst = diag.loc[diag.rhat.idxmax()] if diag.rhat.notna().any() else None
     least = diag.loc[diag.ess_bulk.idxmin()] if diag.ess_bulk.notna().any() else None
     note = f" (chains trimmed to {min(lengths)} draws each)" if len(set(lengths)) > 1 else ""

@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "outputs.md"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("docs")
-    run_small_pipeline(directory, ["prepare", "sample", "predict", "summarize"])
+    run_small_pipeline(directory, ["prepare", "sample", "predict", "summarize", "export"])
     return directory / "run"
 
 
@@ -25,12 +25,15 @@ def blocks(language: str) -> list:
 
 def test_python_snippets_run_on_a_real_run(run_dir):
     snippets = blocks("python")
-    assert len(snippets) >= 2
+    assert len(snippets) >= 3
+    defined = {}
     for code in snippets:
         code = code.replace("runs/example", str(run_dir))
         namespace = {}
         exec(compile(code, str(DOC), "exec"), namespace)
-    assert namespace["g_block"].shape == (6, 6)  # the last snippet: matrices.h5
+        defined.update(namespace)
+    assert defined["g_block"].shape == (6, 6)  # the matrices.h5 snippet
+    assert defined["first_trait"].shape == (2, 10) and defined["rhat"].shape == (6,)  # export
 
 
 def test_chain_snippet_reads_exactly_the_draws(run_dir):
@@ -45,8 +48,9 @@ def test_r_snippets_name_existing_datasets(run_dir):
     for code in blocks("r"):
         names |= set(re.findall(r'"(/[A-Za-z0-9_/]+)"', code))
         names |= {"/" + n for n in re.findall(r'h\[\["([A-Za-z0-9_/]+)"\]\]', code)}
-    assert {"/commit", "/samples/Lambda", "/samples/resid_h2", "/G"} <= names
+    assert {"/commit", "/samples/Lambda", "/samples/resid_h2", "/G", "/posterior/h2"} <= names
     for name in names:
-        path = run_dir / ("summary/matrices.h5" if name == "/G" else "chains/chain_1.h5")
+        path = run_dir / ("summary/matrices.h5" if name == "/G" else "posterior.nc"
+                          if name.startswith("/posterior") else "chains/chain_1.h5")
         with h5py.File(path) as f:
             assert name in f, name
