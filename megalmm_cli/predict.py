@@ -341,8 +341,9 @@ def predict_new(config: Config, kinship_file, genetic_mean: np.ndarray) -> tuple
     u_new = conditional_map(k_nm, k_mm) @ genetic_mean[rows]
     tables = {"U_new.csv": (new_ids, u_new)}
     notes = [f"wrote {{out}}/U_new.csv ({len(new_ids)} new individuals x {len(model.traits)} traits, "
-             f"conditioned on {len(cond_ids)} modelled individuals); U_sd is not reported for new "
-             "individuals"]
+             f"conditioned on {len(cond_ids)} modelled individuals); U_sd and reliability need the "
+             "individuals' joint draws: put them in the kinship before `megalmm prepare` (as "
+             "genotyped-only individuals) to get both"]
     if model.x2_all.shape[1]:
         return tables, notes + ["note: eta_hat_new.csv not written: model.factor_fixed is set"]
     b1 = _b1_mean(config)
