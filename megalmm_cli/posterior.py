@@ -64,7 +64,8 @@ def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
     Returns (N, c): rows from Q u*, others drawn from their conditional given them.
     """
     out = np.empty((n_all, u_rot.shape[1]))
-    out[rows] = matmul(rot_vectors, u_rot)
+    # reading rot_vectors dominates when u_rot has few columns: two threads read halves
+    out[rows] = matmul(rot_vectors, u_rot, split_min=1e6)
     if projection.other_rows.size:
         noise = projection.chol @ rng.standard_normal((projection.chol.shape[1], u_rot.shape[1]))
         out[projection.other_rows] = projection.mean_map @ u_rot + noise * sd[None, :]

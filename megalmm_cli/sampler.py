@@ -40,13 +40,14 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
 
     f_rot_all: (n, k) F in the factor rotation, reused by groups that share it (optional).
     """
+    # each group's rotation of F (n_g^2 k) is often its largest product: on two threads first
+    f_rots = [f_rot_all if f_rot_all is not None and g.rot is model.factor_rot
+              else matmul(g.rot.vectors.T, state.F[g.rows]) for g in model.groups]
     largest = max(g.rows.size * g.cols.size for g in model.groups)
     with threads_for(largest):  # all groups small: one switch to a single thread for all
         for gi, g in enumerate(model.groups):
             with threads_for(g.rows.size * g.cols.size):
-                shared = f_rot_all is not None and g.rot is model.factor_rot
-                f_rot = f_rot_all if shared else g.rot.vectors.T @ state.F[g.rows]
-                _sample_group(model, state, gi, g, f_rot)
+                _sample_group(model, state, gi, g, f_rots[gi])
 
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
@@ -173,21 +174,26 @@ def sample_scores(model: Model, state: State) -> None:
         scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
         contrib = matmul(state.Y[gi], scaled.T)
         contrib -= model.x1[g.rows] @ (state.B1[:, cols] @ scaled.T)
-        u_part = matmul(state.U_R_rot[gi], scaled.T)
         if g.rot is model.factor_rot:
-            in_factor_basis -= u_part
+            in_factor_basis -= matmul(state.U_R_rot[gi], scaled.T)
+        elif g.cols.size < model.k:  # rotate the group's U_R back first: n_g^2 t_g < n_g^2 k
+            contrib -= matmul(matmul(g.rot.vectors, state.U_R_rot[gi]), scaled.T)
         else:
-            contrib -= g.rot.vectors @ u_part
+            contrib -= matmul(g.rot.vectors, matmul(state.U_R_rot[gi], scaled.T))
         rhs[g.rows] += contrib
         precisions.append(matmul(scaled, state.Lambda[:, cols].T))
-    rhs += model.factor_rot.vectors @ in_factor_basis
+    common = common_fixed_columns(model)
+    k = model.k
+    # one product rotates both the rotated part of rhs and U_F (for the translation move)
+    rotated = matmul(model.factor_rot.vectors,
+                     np.hstack([in_factor_basis, state.U_F_rot]) if common.any() else in_factor_basis)
+    rhs += rotated[:, :k]
     with threads_for(model.n * model.k):
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
                                        f_e_prec, normals(state.rng, (model.n, model.k)))
-    common = common_fixed_columns(model)
     if common.any():  # the translation move, given U_F: F's entries are independent a priori
         x1 = model.x1[:, common]
-        f_mean = model.x2 @ state.B2F + model.factor_rot.vectors @ state.U_F_rot
+        f_mean = model.x2 @ state.B2F + rotated[:, k:]
         shift = sample_translation(x1, state.F - f_mean,
                                    np.broadcast_to(f_e_prec, state.F.shape),
                                    state.rng.standard_normal((x1.shape[1], model.k)))
@@ -280,7 +286,7 @@ def sample_shrinkage(model: Model, state: State) -> None:
 def gibbs_iteration(model: Model, state: State) -> None:
     """One full sweep, in the order of DESIGN.md section 3."""
     impute_missing(model, state)
-    f_rot = model.factor_rot.vectors.T @ state.F  # F is unchanged until step 6
+    f_rot = matmul(model.factor_rot.vectors.T, state.F)  # F is unchanged until step 6
     sample_trait_side(model, state, f_rot)
     sample_factor_side(model, state, f_rot)
     sample_scores(model, state)

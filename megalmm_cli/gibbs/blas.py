@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-SPLIT_MIN_FLOPS = 5e7
+SPLIT_MIN_FLOPS = 1e7
 _pool = None
 
 
@@ -21,11 +21,12 @@ def _executor():
     return _pool
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for 2-D arrays, the larger output dimension split in two when the product is big."""
+def matmul(a: np.ndarray, b: np.ndarray, split_min: float = SPLIT_MIN_FLOPS) -> np.ndarray:
+    """a @ b for 2-D arrays, the larger output dimension split in two when the product is big
+    (split_min multiply-adds; lower for memory-bound products such as matrix-vector ones)."""
     rows, inner = a.shape
     cols = b.shape[1]
-    if rows * inner * cols < SPLIT_MIN_FLOPS or max(rows, cols) < 2:
+    if rows * inner * cols < split_min or max(rows, cols) < 2:
         return a @ b
     out = np.empty((rows, cols), dtype=np.result_type(a, b))
     if cols >= rows:

@@ -143,7 +143,7 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
     else:
         used, grid_of_col = np.unique(grid_index, return_inverse=True)
     n, b = x_rot.shape
-    if b <= JOINT_MAX:  # every Gram matrix in one product: (u, n) @ (n, b * b)
+    if b <= JOINT_MAX and used.size > 4:  # every Gram matrix in one product: (u, n) @ (n, b * b)
         outer = (x_rot[:, :, None] * x_rot[:, None, :]).reshape(n, b * b)
         gram = (weights[used] @ outer).reshape(used.size, b, b)
     else:
