@@ -816,3 +816,57 @@ def test_horseshoe_lambda_conditionals():
         assert stats.kstest(pits[i].ravel(), "uniform").pvalue > P_MIN
     for i in range(2, 5):
         assert stats.kstest(pits[i, :, 0], "uniform").pvalue > P_MIN
+
+
+def _prior_chain_quantiles(step, draw_values, iterations, thin=5):
+    """Alternate values | scales from their Gaussian prior with the horseshoe step: the chain's
+    stationary law is the prior, so each scale keeps its half-Cauchy marginal."""
+    kept = []
+    for it in range(iterations):
+        scales = step(draw_values())
+        if it % thin == 0:
+            kept.append(scales)
+    return np.array(kept)
+
+
+@pytest.mark.parametrize("which", ["lambda", "columns"])
+def test_horseshoe_keeps_its_half_cauchy_prior(which):
+    """An independent derivation of the horseshoe (Carvalho, Polson & Scott 2010): local scales
+    ~ half-Cauchy(0, 1), the global scale ~ half-Cauchy(0, A). The auxiliary inverse-gamma
+    updates (Makalic & Schmidt 2016) must preserve these marginals: a chain that alternates
+    coefficients ~ N(0, global2 local2 / prec) with the update has P(local scale < 1) = 1/2,
+    P(local < tan(pi/8)) = 1/4 and P(global scale < A) = 1/2; a slab (regularised horseshoe)
+    or a wrong shape would move them."""
+    rng = np.random.default_rng(90 if which == "lambda" else 91)
+    k, t, scale = 2, 3, 0.4
+    prec = np.ones(t) if which == "lambda" else np.ones(k)
+    state = {"local2": np.ones((k, t)), "nu": np.ones((k, t)), "g2": 1.0 if which == "lambda" else np.ones(t),
+             "xi": 1.0 if which == "lambda" else np.ones(t), "delta": np.array([1.0, 1.5])}
+
+    def draw_values():
+        if which == "lambda":
+            cum = np.cumprod(state["delta"])[:, None]
+            return rng.standard_normal((k, t)) * np.sqrt(state["g2"] * state["local2"] / cum)
+        return rng.standard_normal((k, t)) * np.sqrt(state["g2"][None, :] * state["local2"])
+
+    def step(values):
+        if which == "lambda":
+            (state["local2"], state["nu"], state["g2"], state["xi"], state["delta"],
+             _) = sample_horseshoe_lambda(values, prec, state["local2"], state["nu"], state["g2"],
+                                          state["xi"], state["delta"], rng, scale, (3.0, 1.0), 1)
+            return np.concatenate([np.sqrt(state["local2"]).ravel(), [np.sqrt(state["g2"])]])
+        (state["local2"], state["nu"], state["g2"], state["xi"],
+         _) = sample_horseshoe_columns(values, np.ones(t), state["local2"], state["nu"], state["g2"],
+                                       state["xi"], rng, scale)
+        return np.concatenate([np.sqrt(state["local2"]).ravel(), np.sqrt(state["g2"])])
+
+    kept = _prior_chain_quantiles(step, draw_values, 60_000)
+    local, global_ = kept[:, : k * t], kept[:, k * t:]
+    for label, series, cut, prob in (("local < 1", local, 1.0, 0.5),
+                                     ("local < tan(pi/8)", local, np.tan(np.pi / 8), 0.25),
+                                     ("global < A", global_, scale, 0.5)):
+        hits = (series < cut).astype(float)
+        m = hits.shape[0] // 40 * 40  # batch means over 40 batches: the chain is autocorrelated
+        batches = hits[:m].reshape(40, -1, hits.shape[1]).mean(axis=1).mean(axis=1)
+        se = batches.std(ddof=1) / np.sqrt(40)
+        assert abs(hits.mean() - prob) < 5 * se + 0.01, (label, hits.mean(), prob, se)
