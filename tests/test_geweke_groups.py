@@ -244,3 +244,18 @@ def test_geweke_two_groups_negative_control(model, mc, monkeypatch):
     names = mc[0]
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
     assert any("imputed" in name for name in flagged), report(names, z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_two_groups_blocked_coefficients(model, mc, monkeypatch):
+    """The update used with more than JOINT_MAX coefficients per trait (tot_eta_prec given the
+    coefficients, then the coefficients in blocks given the others), forced here on the tiny
+    model with blocks of one coefficient."""
+    from megalmm_cli.gibbs import coefficients
+
+    monkeypatch.setattr(coefficients, "JOINT_MAX", 1)
+    monkeypatch.setattr(coefficients, "BLOCK_SIZE", 1)
+    assert not coefficients.is_collapsed(2)
+    z = chain_z(model, mc, SC_ITERATIONS, seed=6, label="two groups, blocked coefficients")
+    assert np.all(np.isfinite(z))
+    assert np.max(np.abs(z)) < Z_MAX, report(mc[0], z, 15)
