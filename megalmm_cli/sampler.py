@@ -184,9 +184,10 @@ def sample_scores(model: Model, state: State) -> None:
         precisions.append(matmul(scaled, state.Lambda[:, cols].T))
     common = common_fixed_columns(model)
     k = model.k
-    # one product rotates both the rotated part of rhs and U_F (for the translation move)
-    rotated = matmul(model.factor_rot.vectors,
-                     np.hstack([in_factor_basis, state.U_F_rot]) if common.any() else in_factor_basis)
+    turn = model.factor_cache is None and k > 1  # the rotation move (one random effect)
+    # one product rotates both the rotated part of rhs and U_F (for the moves)
+    rotated = matmul(model.factor_rot.vectors, np.hstack([in_factor_basis, state.U_F_rot])
+                     if common.any() or turn else in_factor_basis)
     rhs += rotated[:, :k]
     with threads_for(model.n * model.k):
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
@@ -199,6 +200,38 @@ def sample_scores(model: Model, state: State) -> None:
                                    state.rng.standard_normal((x1.shape[1], model.k)))
         state.F += x1 @ shift
         state.B1[common] -= shift @ state.Lambda
+    if turn:
+        rotate_factor_pairs_given_effects(model, state, f_e_prec, rotated[:, k:])
+
+
+def rotate_factor_pairs_given_effects(model: Model, state: State, f_e_prec, u_f) -> None:
+    """The rotation move where F is drawn given U_F (one random effect): F, U_F, Lambda and
+    B2F turn together, so F = X2 B2F + U_F + E_F keeps its form; the priors that change are
+    those of E_F (iid, precision f_e_prec), of U_F* (independent in the eigenbasis, precision
+    tot_f_prec / (h2 s_i)), of Lambda and of B2F. Pairs with a factor at h2 = 0 (U_F = 0 there)
+    are left as they are; h2 does not change in the move, so the choice keeps it exact.
+
+    u_f: (n, k) U_F in the original basis (Q U_F*)."""
+    pairs = factor_pairs(state.rng, model.k)
+    h2 = model.grid[state.f_h2_index, 0]
+    pairs = pairs[(h2[pairs[:, 0]] > 0) & (h2[pairs[:, 1]] > 0)]
+    if not pairs.size:
+        return
+    values = model.factor_rot.values
+    positive = values > 0  # coordinates with s_i = 0 hold U_F* = 0 in every factor
+    safe_h2 = np.where(h2 > 0, h2, 1.0)
+    blocks = [(state.F - model.x2 @ state.B2F - u_f, np.broadcast_to(f_e_prec, state.F.shape), 1),
+              (state.U_F_rot[positive],
+               state.tot_f_prec[None, :] / (safe_h2[None, :] * values[positive, None]), 1),
+              (state.Lambda, state.tot_eta_prec[None, :] * state.lambda_prec, 0)]
+    if state.B2F.shape[0]:
+        blocks.append((state.B2F, state.tot_f_prec[None, :] * state.B2F_prec, 1))
+    cos, sin = sample_pair_rotations(blocks, pairs, state.rng)
+    rotate_pairs(state.F, pairs, cos, sin)
+    rotate_pairs(state.U_F_rot, pairs, cos, sin)
+    rotate_pairs(state.Lambda, pairs, cos, sin, axis=0)
+    if state.B2F.shape[0]:
+        rotate_pairs(state.B2F, pairs, cos, sin)
 
 
 def rotate_factor_pairs(state: State, f_rot, prior_mean, prior_prec) -> None:

@@ -259,3 +259,18 @@ def test_geweke_two_groups_blocked_coefficients(model, mc, monkeypatch):
     z = chain_z(model, mc, SC_ITERATIONS, seed=6, label="two groups, blocked coefficients")
     assert np.all(np.isfinite(z))
     assert np.max(np.abs(z)) < Z_MAX, report(mc[0], z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_two_groups_rotation_negative_control(model, mc, monkeypatch):
+    """The rotation move given U_F without Lambda's prior in the orbit density must be flagged.
+    (Leaving out E_F's or U_F's prior instead moves the statistics of this tiny model too little
+    to be seen in 9,000 iterations: max |z| 3.3 and 1.9.)"""
+    original = sampler_mod.sample_pair_rotations
+
+    def wrong(blocks, pairs, rng):
+        return original([b for i, b in enumerate(blocks) if i != 2], pairs, rng)
+
+    monkeypatch.setattr(sampler_mod, "sample_pair_rotations", wrong)
+    z = chain_z(model, mc, 3 * NEGATIVE_ITERATIONS, seed=8, label="two groups, rotation negative control")
+    assert np.max(np.abs(z)) >= Z_MAX, report(mc[0], z, 15)
