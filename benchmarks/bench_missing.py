@@ -199,25 +199,33 @@ def bench(name: str, workdir: Path) -> dict:
             "iterations": iterations, "steps": step_times(config, 20 if name != "2000x1000" else 6)}
 
 
-R_FIGURES = {"1800x20": "1.15-1.25 s; set-up 758-848 s; 2.7-3.1 GB (real data, README of anchors)",
-             "g2f": None, "2000x1000": None}
-
-
-def r_g2f() -> str:
+def r_figures() -> dict:
+    """The R package's s/iteration for each case (fastest, slowest), from shared/anchors/."""
+    out = {}
+    readme = (ANCHORS / "README.md").read_text()
+    found = re.search(r"then ([0-9.]+) s per iteration", readme)  # the 1,814 x 20 real data set
+    out["1800x20"] = ((1.15, 1.25) if found is None else (float(found.group(1)),) * 2,
+                      "the real 1,814 x 20 data set with 16 groups, anchors README")
     rows = list(csv.DictReader(open(ANCHORS / "r_megalmm_g2f_timing.csv")))
-    per_iter = [float(r["s_per_iter"]) for r in rows if r.get("s_per_iter")]
-    return f"{min(per_iter):.3f}-{max(per_iter):.3f} s (r_megalmm_g2f_timing.csv)" if per_iter else "0.048 s"
+    g2f = [float(r["s_per_iter"]) for r in rows if r.get("s_per_iter")]
+    out["g2f"] = ((min(g2f), max(g2f)), "r_megalmm_g2f_timing.csv, 5 folds")
+    scaling = [float(r["seconds_per_iter"]) for name in ("r_megalmm_scaling.csv", "r_megalmm_scaling_2threads.csv")
+               for r in csv.DictReader(open(ANCHORS / name)) if (r["n"], r["t"]) == ("2000", "1000")]
+    out["2000x1000"] = ((min(scaling), max(scaling)), "complete data, r_megalmm_scaling*.csv")
+    return out
 
 
 def write_section(results, path: Path) -> None:
     lines = [f"Machine: {machine()}. Run on {time.strftime('%Y-%m-%d')}. `megalmm sample` with "
              "the default posterior (running means of U, U_sd and eta_hat), thin 2; s/iteration "
              "from sample's own timing (compilation excluded); set-up = prepare + sample's set-up.",
-             "", "| case | groups | s/iteration | R s/iteration | set-up s | peak RSS prepare / sample | CPU use (cores) |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| case | groups | s/iteration | R s/iteration | speed-up | set-up s | peak RSS prepare / sample | CPU use (cores) |",
+             "|---|---|---|---|---|---|---|---|"]
+    anchors = r_figures()
     for r in results:
-        r_fig = R_FIGURES.get(r["case"]) or (r_g2f() if r["case"] == "g2f" else "-")
-        lines.append(f"| {r['case']} | {r['groups']} | {r['s_per_iteration']:.4f} | {r_fig} | "
+        (low, high), source = anchors[r["case"]]
+        lines.append(f"| {r['case']} | {r['groups']} | {r['s_per_iteration']:.4f} | {low:.3f}-{high:.3f} ({source}) | "
+                     f"{low / r['s_per_iteration']:.0f}-{high / r['s_per_iteration']:.0f}x | "
                      f"{r['setup_s']:.1f} | {r['prepare_peak_mb']:.0f} / {r['sample_peak_mb']:.0f} MB | "
                      f"{r['cpu']:.2f} |")
     lines += ["", "Time by Gibbs step (median s per iteration, in-process, same model; the per-draw "
