@@ -224,8 +224,9 @@ def write_section(results, path: Path) -> None:
     anchors = r_figures()
     for r in results:
         (low, high), source = anchors[r["case"]]
-        lines.append(f"| {r['case']} | {r['groups']} | {r['s_per_iteration']:.4f} | {low:.3f}-{high:.3f} ({source}) | "
-                     f"{low / r['s_per_iteration']:.0f}-{high / r['s_per_iteration']:.0f}x | "
+        span = lambda a, b, fmt: f"{a:{fmt}}" if f"{a:{fmt}}" == f"{b:{fmt}}" else f"{a:{fmt}}-{b:{fmt}}"  # noqa: E731
+        lines.append(f"| {r['case']} | {r['groups']} | {r['s_per_iteration']:.4f} | {span(low, high, '.3f')} ({source}) | "
+                     f"{span(low / r['s_per_iteration'], high / r['s_per_iteration'], '.0f')}x | "
                      f"{r['setup_s']:.1f} | {r['prepare_peak_mb']:.0f} / {r['sample_peak_mb']:.0f} MB | "
                      f"{r['cpu']:.2f} |")
     lines += ["", "Time by Gibbs step (median s per iteration, in-process, same model; the per-draw "
