@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_sampler import machine  # noqa: E402
+from docs_section import replace_section  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 G2F = SHARED / "data" / "g2f_yield"
@@ -235,14 +236,7 @@ def write_section(results, path: Path) -> None:
               "|---|" + "---|" * len(results[0]["steps"])]
     for r in results:
         lines.append(f"| {r['case']} | " + " | ".join(f"{v:.4f}" for v in r["steps"].values()) + " |")
-    block = "\n".join(lines)
-    text = path.read_text()
-    start, end = "<!-- MISSING START -->", "<!-- MISSING END -->"
-    if start not in text:
-        text += f"\n## Missing-data groups (real data's shape)\n\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+    replace_section(path, "MISSING", "\n".join(lines), "Missing-data groups (real data's shape)")
 
 
 def main() -> None:

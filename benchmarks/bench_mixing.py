@@ -32,6 +32,7 @@ from megalmm_cli.cli import main  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_sampler import machine  # noqa: E402
+from docs_section import replace_section  # noqa: E402
 
 
 def config_for(workdir: Path, name: str, burn_in: int, samples: int, thin: int) -> Path:
@@ -98,14 +99,7 @@ def write_section(results, args, path: Path) -> None:
     ratios = ", ".join(f"{kind} {moves['rows'][kind]['per_s_min'] / plain['rows'][kind]['per_s_min']:.1f}x"
                        for kind in plain["rows"])
     lines += ["", f"Smallest ESS per second, with the moves against plain Gibbs: {ratios}."]
-    block = "\n".join(lines)
-    text = path.read_text()
-    start, end = "<!-- MIXING START -->", "<!-- MIXING END -->"
-    if start not in text:
-        text += f"\n## Mixing: the exact moves of step 6\n\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+    replace_section(path, "MIXING", "\n".join(lines), "Mixing: the exact moves of step 6")
 
 
 def main_cli() -> None:

@@ -4,6 +4,7 @@ import errno
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -262,6 +263,26 @@ def _bar(flag, desc, total=None, initial=0, unit="it"):
     return Bar(desc=desc, total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
+@contextmanager
+def _stage_bar(flag, desc: str, unit: str):
+    """A progress bar driven by callback(done, total, description); yields the callback, or
+    None when bars are off."""
+    bar = _bar(flag, desc, unit=unit)
+    if bar is None:
+        yield None
+        return
+
+    def stage(done, total, description):
+        bar.total = total
+        bar.set_description(description, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield stage
+    finally:
+        bar.close()
+
+
 @main.command()
 @click.argument("config", type=click.Path())
 @click.option("--chain", type=int, default=None,
@@ -508,19 +529,8 @@ def summarize(config, progress, verbose):
     def action():
         from .summarize import run_summarize
 
-        bar = _bar(progress, "summarize", unit="stage")
-
-        def stage(done, total, description):
-            bar.total = total
-            bar.set_description(description, refresh=False)
-            bar.update(done - bar.n)
-
-        try:
-            run_summarize(_load(config), echo=_echo, warn=_warn,
-                          progress=stage if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        with _stage_bar(progress, "summarize", "stage") as stage:
+            run_summarize(_load(config), echo=_echo, warn=_warn, progress=stage)
 
     _run(action, verbose)
 
@@ -548,19 +558,8 @@ def export(config, output, progress, verbose):
     def action():
         from .export import run_export
 
-        bar = _bar(progress, "export", unit="part")
-
-        def part(done, total, description):
-            bar.total = total
-            bar.set_description(description, refresh=False)
-            bar.update(done - bar.n)
-
-        try:
-            run_export(_load(config), output=output, echo=_echo, warn=_warn,
-                       progress=part if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        with _stage_bar(progress, "export", "part") as part:
+            run_export(_load(config), output=output, echo=_echo, warn=_warn, progress=part)
 
     _run(action, verbose)
 

@@ -25,7 +25,7 @@ from .config import Config
 from .covariance import chain_draws, effective_factors, trait_diagonals
 from .errors import UserError
 from .posterior import u_cell_indices
-from .prepare import prepared_path, read_effect_names
+from .prepare import read_effect_names, read_names
 from .rawh5 import install, temporary_path
 from .runinfo import chains_for_reading, require_prepared
 from .storage import ChainFile
@@ -78,11 +78,7 @@ def run_export(config: Config, output: Path | None = None, echo=print, warn=None
     if warn is not None and len({counts[c.path] for c in chains}) > 1:
         warn(f"chains hold {', '.join(str(counts[c.path]) for c in chains)} draws; each is cut "
              f"to {draws}, as in the diagnostics")
-    with h5py.File(prepared_path(config), "r") as f:
-        traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
-        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
-        fixed_names = [s.decode() if isinstance(s, bytes) else s for s in f["x1_names"][()]]
-        n_train = int(f.attrs["n_train"])
+    traits, ids, fixed_names, n_train = read_names(config)
     effect_names = read_effect_names(config)
     names = chains[0].sample_names()
     shapes = {}

@@ -428,6 +428,13 @@ def _text(values) -> list:
     return [s.decode() if isinstance(s, bytes) else s for s in values]
 
 
+def read_names(config: Config) -> tuple[list, list, list, int]:
+    """(traits, ids, fixed-effect column names, n_train) as prepared.h5 records them."""
+    with h5py.File(prepared_path(config), "r") as f:
+        return (_text(f["traits"][()]), _text(f["ids"][()]), _text(f["x1_names"][()]),
+                int(f.attrs["n_train"]))
+
+
 def read_effect_names(config: Config) -> list:
     """Grouping columns of the random effects, as prepared.h5 records them."""
     with h5py.File(prepared_path(config), "r") as f:

@@ -23,7 +23,7 @@ from .csvout import write_matrix_csv
 from .errors import UserError
 from .outputs import replaced_directory
 from .posterior import u_cell_indices
-from .prepare import prepared_path, read_effect_names
+from .prepare import prepared_path, read_effect_names, read_names
 from .runinfo import chains_for_reading, require_prepared
 from .storage import ChainFile
 
@@ -134,11 +134,7 @@ def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
     if sum(counts) == 0:
         raise UserError(f"{config.path.name}: the chains hold no draws yet; let `megalmm sample "
                         f"{config.path}` run past burn-in first")
-    with h5py.File(prepared_path(config), "r") as f:
-        traits = [s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]]
-        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
-        fixed_names = [s.decode() if isinstance(s, bytes) else s for s in f["x1_names"][()]]
-        n_train = int(f.attrs["n_train"])
+    traits, ids, fixed_names, n_train = read_names(config)
     effect_names = read_effect_names(config)
     stages = iter(range(100))
     total = len(chains) + 3 + 3 * config.summary.matrices

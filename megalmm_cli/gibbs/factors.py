@@ -139,8 +139,9 @@ def sample_pair_rotations(blocks, pairs, rng: np.random.Generator):
     p_coef = np.zeros(len(pairs))
     s_coef = np.zeros(len(pairs))
     for values, weights, axis in blocks:
-        kernel = _orbit_coefficients if axis == 1 else _orbit_coefficients_rows
-        p_add, s_add = kernel(np.ascontiguousarray(values), np.ascontiguousarray(weights), pairs)
+        if axis == 0:  # a transposed view: the kernel then walks Lambda's rows in memory order
+            values, weights = values.T, weights.T
+        p_add, s_add = _orbit_coefficients(values, np.asarray(weights), pairs)
         p_coef += p_add
         s_coef += s_add
     # -log density along the orbit, up to a constant: (p cos 2 theta + s sin 2 theta) / 2
@@ -163,25 +164,6 @@ def _orbit_coefficients(values, weights, pairs):
         for i in range(m):
             dw = weights[i, a] - weights[i, b]
             xa, xb = values[i, a], values[i, b]
-            p_sum += dw * (xa * xa - xb * xb)
-            s_sum += dw * xa * xb
-        p_coef[r] = 0.5 * p_sum
-        s_coef[r] = s_sum
-    return p_coef, s_coef
-
-
-@njit(cache=True)
-def _orbit_coefficients_rows(values, weights, pairs):
-    """_orbit_coefficients with the factors along axis 0: values, weights (k, m)."""
-    p_coef = np.zeros(pairs.shape[0])
-    s_coef = np.zeros(pairs.shape[0])
-    for r in range(pairs.shape[0]):
-        a, b = pairs[r, 0], pairs[r, 1]
-        p_sum = 0.0
-        s_sum = 0.0
-        for i in range(values.shape[1]):
-            dw = weights[a, i] - weights[b, i]
-            xa, xb = values[a, i], values[b, i]
             p_sum += dw * (xa * xa - xb * xb)
             s_sum += dw * xa * xb
         p_coef[r] = 0.5 * p_sum
