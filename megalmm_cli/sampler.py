@@ -281,7 +281,9 @@ def sample_scores_and_factor_effects(model: Model, state: State) -> None:
                                       normals(state.rng, (model.n, model.k)))
         common = common_fixed_columns(model)
         if common.any():
-            x_rot = model.factor_rot.vectors.T @ model.x1[:, common]
+            first = model.groups[0]  # every group is on all training rows here
+            x_rot = (first.x1_rot if np.array_equal(first.x1_keep, common)
+                     else model.factor_rot.vectors.T @ model.x1[:, common])
             shift = sample_translation(x_rot, f_rot - prior_mean, prior_prec,
                                        state.rng.standard_normal((int(common.sum()), model.k)))
             f_rot += x_rot @ shift

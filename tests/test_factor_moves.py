@@ -248,3 +248,144 @@ def test_rotation_keeps_the_product_of_scores_and_loadings():
     rotate_pairs(f, pairs, np.cos(theta), np.sin(theta))
     rotate_pairs(lam, pairs, np.cos(theta), np.sin(theta), axis=0)
     np.testing.assert_allclose(f @ lam, product, atol=1e-12)
+
+
+# ------------------------------------------------- the rotation against the full log joint
+
+
+def _small_model(groups, lambda_type):
+    import dataclasses
+
+    from megalmm_cli.model import Priors, build_model
+
+    priors = Priors(tot_eta_shape=4.0, tot_eta_rate=2.5, tot_f_shape=19.0, tot_f_rate=18.0,
+                    lambda_type=lambda_type, lambda_df=3.0, delta_1=(2.0, 1.0),
+                    delta_2=(3.0, 1.0), delta_iterations=5, lambda_prop_0=0.1,
+                    b2_type="horseshoe", b2_prop_0=0.1, b2_ridge_prec=1.0)
+    rng = np.random.default_rng(0)
+    n, t = 14, 5
+    a = rng.standard_normal((n, 2 * n))
+    kinship = a @ a.T / (2 * n)
+    values = rng.standard_normal((n, t))
+    x1 = np.column_stack([np.ones(n), rng.standard_normal(n), (np.arange(n) >= n - 4).astype(float)])
+    if groups > 1:  # traits 3-4 dropped on the last 4 rows: their group drops column 2
+        values[n - 4:, 3:] = np.nan
+        values[1, 0] = np.nan
+    model = build_model([f"i{i}" for i in range(n)], [f"t{j}" for j in range(t)], values, kinship,
+                        x1, ["a", "b", "c"], rng.standard_normal((n, 1)), 4, 5,
+                        dataclasses.replace(priors), max_groups=groups, scale_y=False)
+    return model, kinship
+
+
+def _log_joint(model, kinship, state, f, lam, b2f, u_f_rot, collapsed):
+    """Every term of the log posterior that the rotation can change, written densely."""
+    out = 0.0
+    resid_prec = state.tot_eta_prec / (1.0 - model.grid_total[state.resid_h2_index])
+    for gi, g in enumerate(model.groups):
+        c = g.cols
+        r = (state.Y[gi] - model.x1[g.rows] @ state.B1[:, c] - f[g.rows] @ lam[:, c]
+             - g.rot.vectors @ state.U_R_rot[gi])
+        out -= 0.5 * np.sum(resid_prec[c] * r ** 2)
+    out -= 0.5 * np.sum(state.tot_eta_prec[None, :] * state.lambda_prec * lam ** 2)
+    out -= 0.5 * np.sum(state.tot_f_prec[None, :] * state.B2F_prec * b2f ** 2)
+    h2 = model.grid[state.f_h2_index, 0]
+    n = model.n
+    mean = model.x2 @ b2f
+    if collapsed:
+        for q in range(model.k):
+            cov = (h2[q] * kinship[:n, :n] + (1 - h2[q]) * np.eye(n)) / state.tot_f_prec[q]
+            d = f[:, q] - mean[:, q]
+            out -= 0.5 * d @ np.linalg.solve(cov, d)
+        return out
+    u_f = model.factor_rot.vectors @ u_f_rot
+    out -= 0.5 * np.sum(state.tot_f_prec / (1 - h2) * (f - mean - u_f) ** 2)
+    for q in range(model.k):
+        if h2[q] > 0:
+            out -= 0.5 * u_f[:, q] @ np.linalg.solve(h2[q] * kinship[:n, :n] / state.tot_f_prec[q], u_f[:, q])
+    return out
+
+
+@pytest.mark.parametrize("groups", [1, 2], ids=["collapsed", "given-U_F"])
+@pytest.mark.parametrize("lambda_type", ["ARD", "horseshoe"])
+def test_rotation_orbit_density_is_the_full_log_joint(groups, lambda_type, monkeypatch):
+    """In the sampler's own step 6 (one group: F with U_F integrated out; two groups, one of
+    which drops rows and a fixed-effect column: F given U_F), the von Mises parameters of each
+    pair equal the brute-force log joint along the pair's orbit, with a factor covariate and
+    both Lambda priors. (A check written in review.)"""
+    import megalmm_cli.sampler as sampler
+    from megalmm_cli.gibbs.factors import rotate_pairs
+    from megalmm_cli.state import initial_state
+
+    model, kinship = _small_model(groups, lambda_type)
+    collapsed = groups == 1
+    assert sampler.scores_collapsed(model) == collapsed
+    state = initial_state(model, np.random.default_rng(1), np.random.default_rng(2))
+    for _ in range(30):
+        sampler.gibbs_iteration(model, state)
+    state.B2F = state.B2F + 0.5
+    seen = {}
+    original = sampler.sample_pair_rotations
+
+    def recording(blocks, pairs, rng):
+        f = (model.factor_rot.vectors @ (blocks[0][0] + model.x2_rot @ state.B2F) if collapsed
+             else state.F.copy())
+        seen.update(f=f, lam=state.Lambda.copy(), b2f=state.B2F.copy(), u_f=state.U_F_rot.copy(),
+                    pairs=pairs.copy(), blocks=[(v.copy(), np.array(w), ax) for v, w, ax in blocks])
+        return original(blocks, pairs, rng)
+
+    monkeypatch.setattr(sampler, "sample_pair_rotations", recording)
+    for _ in range(5):  # a few tries: with two groups a pair with a factor at h2 = 0 is skipped
+        sampler.sample_scores(model, state)
+        if seen:
+            break
+    assert seen, "no pair was rotated"
+    from megalmm_cli.gibbs.factors import _orbit_coefficients
+
+    grid = np.linspace(0.0, 2.0 * np.pi, 25)
+    for r, (a, b) in enumerate(seen["pairs"]):
+        p_coef = s_coef = 0.0
+        for v, w, ax in seen["blocks"]:
+            vv, ww = (v, w) if ax == 1 else (v.T, w.T)
+            p_add, s_add = _orbit_coefficients(vv, ww, seen["pairs"][r:r + 1])
+            p_coef, s_coef = p_coef + p_add[0], s_coef + s_add[0]
+        direct = []
+        for th in grid:
+            pair, c, s = np.array([[a, b]]), np.array([np.cos(th)]), np.array([np.sin(th)])
+            f, lam, b2f, u_f = (seen[key].copy() for key in ("f", "lam", "b2f", "u_f"))
+            rotate_pairs(f, pair, c, s)
+            rotate_pairs(lam, pair, c, s, axis=0)
+            rotate_pairs(b2f, pair, c, s)
+            if not collapsed:
+                rotate_pairs(u_f, pair, c, s)
+            direct.append(_log_joint(model, kinship, state, f, lam, b2f, u_f, collapsed))
+        direct = np.array(direct)
+        formula = -0.5 * (p_coef * np.cos(2 * grid) + s_coef * np.sin(2 * grid))
+        scale = max(1.0, np.ptp(direct))
+        np.testing.assert_allclose(direct - direct[0], formula - formula[0], atol=1e-8 * scale)
+
+
+@pytest.mark.parametrize("kappa", [0.7, 6.0, 80.0])
+def test_vonmises_rejection_sampler_is_exact(kappa, monkeypatch):
+    """The rejection sampler used for large kappa (where numpy's vonmises becomes a wrapped
+    normal) is exact for every kappa: at moderate kappa, where the von Mises is far from
+    normal, its circular moments E cos(x - mu), E cos 2(x - mu) = I_1/I_0, I_2/I_0 and its KS
+    distance to numpy's exact sampler agree."""
+    import scipy.special as sc
+    from scipy import stats
+
+    from megalmm_cli.gibbs import factors
+
+    rng = np.random.default_rng(int(kappa * 10))
+    mu = 0.4
+    monkeypatch.setattr(factors, "VONMISES_REJECTION_FROM", 0.0)  # rejection for every kappa
+    draws = factors.vonmises(rng, np.full(200_000, mu), np.full(200_000, kappa))
+    for order in (1, 2):
+        values = np.cos(order * (draws - mu))
+        expected = sc.ive(order, kappa) / sc.ive(0, kappa)
+        se = values.std() / np.sqrt(values.size)
+        assert abs(values.mean() - expected) < 5 * se, (order, values.mean(), expected)
+    wrapped = np.angle(np.exp(1j * (draws - mu)))
+    reference = np.angle(np.exp(1j * (rng.vonmises(mu, kappa, 200_000) - mu)))
+    assert stats.ks_2samp(wrapped, reference).pvalue > 1e-4
+    big = factors.vonmises(rng, np.zeros(1000), np.full(1000, 5e7))
+    assert np.isfinite(big).all() and abs(big.std() * np.sqrt(5e7) - 1.0) < 0.1

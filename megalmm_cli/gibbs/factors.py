@@ -147,8 +147,40 @@ def sample_pair_rotations(blocks, pairs, rng: np.random.Generator):
     # -log density along the orbit, up to a constant: (p cos 2 theta + s sin 2 theta) / 2
     kappa = 0.5 * np.hypot(p_coef, s_coef)
     mu = np.arctan2(-s_coef, -p_coef)
-    theta = 0.5 * rng.vonmises(mu, kappa) + np.pi * (rng.random(len(pairs)) < 0.5)
+    theta = 0.5 * vonmises(rng, mu, kappa) + np.pi * (rng.random(len(pairs)) < 0.5)
     return np.cos(theta), np.sin(theta)
+
+
+VONMISES_REJECTION_FROM = 1e4  # numpy's sampler is exact up to kappa = 1e6 (then a wrapped normal)
+
+
+def vonmises(rng: np.random.Generator, mu, kappa) -> np.ndarray:
+    """Exact von Mises draws, density proportional to exp(kappa cos(x - mu)).
+
+    numpy's Best-Fisher sampler for kappa below VONMISES_REJECTION_FROM (it is exact there; it
+    treats kappa < 1e-8 as uniform, an error below 1e-8). Above, rejection from the normal
+    envelope: 1 - cos x >= 2 x^2 / pi^2 on [-pi, pi], so exp(kappa (cos x - 1)) <=
+    exp(-2 kappa x^2 / pi^2), a N(0, pi^2 / (4 kappa)) density up to a constant; acceptance
+    about 2 / pi whatever kappa. (numpy replaces the von Mises by a wrapped normal above 1e6,
+    and the orbit's kappa reaches that on real data.)
+    """
+    mu, kappa = (np.array(a, dtype=np.float64) for a in np.broadcast_arrays(mu, kappa))
+    out = np.empty(mu.shape)
+    low = kappa < VONMISES_REJECTION_FROM
+    if low.any():
+        out[low] = rng.vonmises(mu[low], kappa[low])
+    todo = np.flatnonzero(~low)
+    while todo.size:
+        k = kappa[todo]
+        x = rng.standard_normal(todo.size) * (np.pi / (2.0 * np.sqrt(k)))
+        log_u = np.log(rng.random(todo.size))
+        # log of target / envelope: kappa (cos x - 1) + 2 kappa x^2 / pi^2 <= 0, with
+        # cos x - 1 = -2 sin^2(x / 2) (no cancellation for small x)
+        log_ratio = k * (2.0 * x * x / np.pi ** 2 - 2.0 * np.sin(0.5 * x) ** 2)
+        accepted = (np.abs(x) <= np.pi) & (log_u < log_ratio)
+        out[todo[accepted]] = mu[todo[accepted]] + x[accepted]
+        todo = todo[~accepted]
+    return out
 
 
 @njit(cache=True)
