@@ -52,10 +52,12 @@ def config_for(workdir: Path, name: str, burn_in: int, samples: int, thin: int) 
 
 def run_variant(workdir: Path, name: str, moves: bool, args) -> dict:
     config = config_for(workdir, name, args.burn_in, args.samples, args.thin)
-    saved = (sampler_mod.scores_collapsed, sampler_mod.common_fixed_columns)
-    if not moves:
+    saved = (sampler_mod.scores_collapsed, sampler_mod.common_fixed_columns,
+             sampler_mod.rotate_factor_pairs_given_effects)
+    if not moves:  # F given U_F, no translation, no rotation: the sampler before the moves
         sampler_mod.scores_collapsed = lambda model: False
         sampler_mod.common_fixed_columns = lambda model: np.zeros(model.x1.shape[1], dtype=bool)
+        sampler_mod.rotate_factor_pairs_given_effects = lambda *args: None
     runner = CliRunner()
     try:
         walls = {}
@@ -66,7 +68,8 @@ def run_variant(workdir: Path, name: str, moves: bool, args) -> dict:
             if result.exit_code != 0:
                 raise SystemExit(f"{name}: {command} failed:\n{result.output}")
     finally:
-        sampler_mod.scores_collapsed, sampler_mod.common_fixed_columns = saved
+        (sampler_mod.scores_collapsed, sampler_mod.common_fixed_columns,
+         sampler_mod.rotate_factor_pairs_given_effects) = saved
     diag = pd.read_csv(workdir / name / "summary" / "diagnostics.csv")
     seconds = walls["sample"]
     out = {"name": name, "sample_s": seconds, "rows": {}}
