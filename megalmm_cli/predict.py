@@ -101,7 +101,8 @@ def reliabilities(config: Config, ids, traits, genetic: RunningMoments, paths) -
     Monte Carlo estimate of PEV landed above it). One random effect over individuals only
     (None otherwise, or without the draws G needs)."""
     from .covariance import chain_draws, trait_diagonals
-    from .data import _reorder, load_kinship
+    from .data import reorder_kinship
+    from .kinship import load_kinship
 
     if len(config.model.random) != 1 or genetic.count < 2:
         return None
@@ -109,7 +110,7 @@ def reliabilities(config: Config, ids, traits, genetic: RunningMoments, paths) -
     kinship = load_kinship(kin_cfg, config.data.psd_tolerance)
     if kinship.matrix is None or not set(ids) <= set(kinship.ids):
         return None
-    diagonal = np.diag(_reorder(kinship, list(ids)))
+    diagonal = np.diag(reorder_kinship(kinship, list(ids)))
     total, count = np.zeros(len(traits)), 0
     for path in paths:
         chain = ChainFile(path)
@@ -213,36 +214,36 @@ def read_new_kinship(path, modelled_ids, training_ids) -> tuple[list, list, np.n
     Returns (new_ids, cond_ids, K_nm (n_new, n_cond), K_nn (n_new, n_new)), cond_ids being
     the modelled ids among the columns, in model order.
     """
-    from .data import _check_unique_ids, _first, _ids, _numeric_matrix, _read_table
+    from .tables import check_unique_ids, first_names, numeric_matrix, read_table, table_ids
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; check the --new-kinship path")
-    table = _read_table(path, None)
+    table = read_table(path, None)
     source = path.name
-    new_ids = [str(x) for x in _ids(table)]
-    _check_unique_ids(new_ids, source, "each new individual must appear once in the first column")
+    new_ids = [str(x) for x in table_ids(table)]
+    check_unique_ids(new_ids, source, "each new individual must appear once in the first column")
     columns = [c for c in table.frame.columns if c != table.id_column]
     modelled = set(modelled_ids)
     already = [x for x in new_ids if x in modelled]
     if already:
         raise UserError(f"{source}: {len(already)} row ids are already in the model (first: "
-                        f"{_first(already)}); their predictions are in predictions/U.csv, drop these rows")
+                        f"{first_names(already)}); their predictions are in predictions/U.csv, drop these rows")
     new_set = set(new_ids)
     unknown = [c for c in columns if c not in modelled and c not in new_set]
     if unknown:
         raise UserError(f"{source}: {len(unknown)} column ids are neither modelled ids nor row ids "
-                        f"(first: {_first(unknown)}); columns must be modelled ids or the new ids")
+                        f"(first: {first_names(unknown)}); columns must be modelled ids or the new ids")
     have = set(columns)
     absent = [x for x in training_ids if x not in have]
     if absent:
         raise UserError(f"{source}: {len(absent)} modelled (training) ids are missing from the header "
-                        f"(first: {_first(absent)}); the columns must cover every training individual")
+                        f"(first: {first_names(absent)}); the columns must cover every training individual")
     absent_new = [x for x in new_ids if x not in have]
     if absent_new:
         raise UserError(f"{source}: {len(absent_new)} new ids have no column (first: "
-                        f"{_first(absent_new)}); include the block among the new individuals")
-    values = _numeric_matrix(table, columns, fix="use a number")
+                        f"{first_names(absent_new)}); include the block among the new individuals")
+    values = numeric_matrix(table, columns, fix="use a number")
     if not np.all(np.isfinite(values)):
         i, j = np.argwhere(~np.isfinite(values))[0]
         raise UserError(f"{source}: {table.where(i)}, column '{columns[j]}': missing or infinite value;"
@@ -258,7 +259,8 @@ def read_new_kinship(path, modelled_ids, training_ids) -> tuple[list, list, np.n
 
 def modelled_kinship(config: Config, ids) -> np.ndarray:
     """The config's kinship (of the model's random effect) on `ids`, in that order."""
-    from .data import _check_covers, _reorder, load_kinship
+    from .data import check_covers, reorder_kinship
+    from .kinship import load_kinship
 
     if len(config.model.random) != 1:
         raise UserError(f"{config.path.name}: model.random: predicting new individuals needs one "
@@ -268,9 +270,9 @@ def modelled_kinship(config: Config, ids) -> np.ndarray:
     if kinship.matrix is None:
         raise UserError(f"{config.path.name}: the random effect '{kin_cfg.name}' has no kinship "
                         "(identity): new individuals cannot be predicted from relatives")
-    _check_covers(kinship, ids, "modelled ids", "the kinship changed since `megalmm prepare`; "
+    check_covers(kinship, ids, "modelled ids", "the kinship changed since `megalmm prepare`; "
                   "prepare again")
-    return _reorder(kinship, list(ids))
+    return reorder_kinship(kinship, list(ids))
 
 
 def conditional_map(k_nm: np.ndarray, k_mm: np.ndarray, rel_tol: float = 1e-10) -> np.ndarray:

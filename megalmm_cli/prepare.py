@@ -16,7 +16,8 @@ import numpy as np
 
 from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict
-from .data import align_individuals, load_covariates, load_kinship, load_phenotypes, load_test_cells
+from .data import align_individuals, load_covariates, load_phenotypes, load_test_cells
+from .kinship import load_kinship
 from .design import fixed_design, formula_variables, level_kinship, missing_data_groups
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError

@@ -1,4 +1,4 @@
-"""Tests for megalmm_cli.data: loaders, checks and their error messages."""
+"""Tests for megalmm_cli.data, .kinship and .tables: loaders, checks and their error messages."""
 
 from types import SimpleNamespace
 
@@ -9,13 +9,12 @@ from bed_reader import to_bed
 
 from megalmm_cli.data import (
     AlignedData,
-    Kinship,
     align_individuals,
     load_covariates,
-    load_kinship,
     load_phenotypes,
     load_test_cells,
 )
+from megalmm_cli.kinship import Kinship, load_kinship
 from megalmm_cli.errors import UserError
 
 PSD_TOL = 1e-6
