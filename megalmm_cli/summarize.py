@@ -23,7 +23,7 @@ from .csvout import write_matrix_csv
 from .errors import UserError
 from .outputs import replaced_directory
 from .posterior import u_cell_indices
-from .prepare import prepared_path, read_effect_names, read_names
+from .prepare import read_effect_names, read_names
 from .runinfo import chains_for_reading, require_prepared
 from .storage import ChainFile
 
