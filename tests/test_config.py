@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from megalmm_cli import FORMAT_VERSION
-from megalmm_cli.config import (
+from megalmm_cli.config import config_hash, config_to_dict, load_config
+from megalmm_cli.config_schema import (
     B2Prior, Config, GammaParams, H2Prior, LambdaPrior, McmcConfig, MissingDataConfig,
-    ModelConfig, PosteriorConfig, PriorsConfig, VarPrior, config_hash, config_to_dict,
-    load_config,
+    ModelConfig, PosteriorConfig, PriorsConfig, VarPrior,
 )
 from megalmm_cli.errors import UserError
 
