@@ -147,8 +147,12 @@ def sample_pair_rotations(blocks, pairs, rng: np.random.Generator):
     # -log density along the orbit, up to a constant: (p cos 2 theta + s sin 2 theta) / 2
     kappa = 0.5 * np.hypot(p_coef, s_coef)
     mu = np.arctan2(-s_coef, -p_coef)
-    theta = 0.5 * vonmises(rng, mu, kappa) + np.pi * (rng.random(len(pairs)) < 0.5)
-    return np.cos(theta), np.sin(theta)
+    theta = 0.5 * vonmises(rng, mu, kappa)
+    # theta + pi (both factors' signs flipped) with probability 1/2, by exact negation: adding
+    # a rounded pi would leave sin(pi) = 1.2e-16 and leak loadings into a factor whose prior
+    # precision can be 1e60 (an ARD factor far down the order)
+    flip = np.where(rng.random(len(pairs)) < 0.5, -1.0, 1.0)
+    return flip * np.cos(theta), flip * np.sin(theta)
 
 
 VONMISES_REJECTION_FROM = 1e4  # numpy's sampler is exact up to kappa = 1e6 (then a wrapped normal)
