@@ -193,13 +193,9 @@ def sample_scores(model: Model, state: State) -> None:
         state.F = sample_factor_scores(rhs, precisions, model.pattern_of_row, model.pattern_groups,
                                        f_e_prec, normals(state.rng, (model.n, model.k)))
     if common.any():  # the translation move, given U_F: F's entries are independent a priori
-        x1 = model.x1[:, common]
         f_mean = model.x2 @ state.B2F + rotated[:, k:]
-        shift = sample_translation(x1, state.F - f_mean,
-                                   np.broadcast_to(f_e_prec, state.F.shape),
-                                   state.rng.standard_normal((x1.shape[1], model.k)))
-        state.F += x1 @ shift
-        state.B1[common] -= shift @ state.Lambda
+        translate_factor_means(state, common, model.x1[:, common], state.F, f_mean,
+                               np.broadcast_to(f_e_prec, state.F.shape))
     if turn:
         rotate_factor_pairs_given_effects(model, state, f_e_prec, rotated[:, k:])
 
@@ -222,32 +218,39 @@ def rotate_factor_pairs_given_effects(model: Model, state: State, f_e_prec, u_f)
     safe_h2 = np.where(h2 > 0, h2, 1.0)
     blocks = [(state.F - model.x2 @ state.B2F - u_f, np.broadcast_to(f_e_prec, state.F.shape), 1),
               (state.U_F_rot[positive],
-               state.tot_f_prec[None, :] / (safe_h2[None, :] * values[positive, None]), 1),
-              (state.Lambda, state.tot_eta_prec[None, :] * state.lambda_prec, 0)]
-    if state.B2F.shape[0]:
-        blocks.append((state.B2F, state.tot_f_prec[None, :] * state.B2F_prec, 1))
-    cos, sin = sample_pair_rotations(blocks, pairs, state.rng)
-    rotate_pairs(state.F, pairs, cos, sin)
-    rotate_pairs(state.U_F_rot, pairs, cos, sin)
-    rotate_pairs(state.Lambda, pairs, cos, sin, axis=0)
-    if state.B2F.shape[0]:
-        rotate_pairs(state.B2F, pairs, cos, sin)
+               state.tot_f_prec[None, :] / (safe_h2[None, :] * values[positive, None]), 1)]
+    _turn_pairs(state, pairs, blocks, (state.F, state.U_F_rot))
 
 
 def rotate_factor_pairs(state: State, f_rot, prior_mean, prior_prec) -> None:
     """The rotation move on a random matching of factor pairs; updates f_rot, prior_mean,
     Lambda and B2F in place (gibbs/factors.py)."""
     pairs = factor_pairs(state.rng, state.Lambda.shape[0])
-    blocks = [(f_rot - prior_mean, prior_prec, 1),
-              (state.Lambda, state.tot_eta_prec[None, :] * state.lambda_prec, 0)]
+    _turn_pairs(state, pairs, [(f_rot - prior_mean, prior_prec, 1)], (f_rot, prior_mean))
+
+
+def _turn_pairs(state: State, pairs, score_blocks: list, score_arrays: tuple) -> None:
+    """Draw each pair's angle from the orbit density of score_blocks plus the priors of Lambda
+    and B2F, then turn score_arrays ((., k) each), Lambda and B2F in place."""
+    blocks = score_blocks + [(state.Lambda, state.tot_eta_prec[None, :] * state.lambda_prec, 0)]
     if state.B2F.shape[0]:
         blocks.append((state.B2F, state.tot_f_prec[None, :] * state.B2F_prec, 1))
     cos, sin = sample_pair_rotations(blocks, pairs, state.rng)
-    rotate_pairs(f_rot, pairs, cos, sin)
-    rotate_pairs(prior_mean, pairs, cos, sin)
+    for array in score_arrays:
+        rotate_pairs(array, pairs, cos, sin)
     rotate_pairs(state.Lambda, pairs, cos, sin, axis=0)
     if state.B2F.shape[0]:
         rotate_pairs(state.B2F, pairs, cos, sin)
+
+
+def translate_factor_means(state: State, common, x, scores, prior_mean, prior_prec) -> None:
+    """The translation move: scores (n, k) -> scores + x A and B1[common] -> B1[common] - A
+    Lambda in place, A (b, k) from its exact conditional (gibbs/factors.py). x: (n, b) the
+    common fixed-effect columns in the basis of scores; prior_mean, prior_prec: (n, k)."""
+    shift = sample_translation(x, scores - prior_mean, prior_prec,
+                               state.rng.standard_normal((x.shape[1], scores.shape[1])))
+    scores += x @ shift
+    state.B1[common] -= shift @ state.Lambda
 
 
 def common_fixed_columns(model: Model) -> np.ndarray:
@@ -284,10 +287,7 @@ def sample_scores_and_factor_effects(model: Model, state: State) -> None:
             first = model.groups[0]  # every group is on all training rows here
             x_rot = (first.x1_rot if np.array_equal(first.x1_keep, common)
                      else model.factor_rot.vectors.T @ model.x1[:, common])
-            shift = sample_translation(x_rot, f_rot - prior_mean, prior_prec,
-                                       state.rng.standard_normal((int(common.sum()), model.k)))
-            f_rot += x_rot @ shift
-            state.B1[common] -= shift @ state.Lambda
+            translate_factor_means(state, common, x_rot, f_rot, prior_mean, prior_prec)
         if model.k > 1:
             rotate_factor_pairs(state, f_rot, prior_mean, prior_prec)
         state.F = model.factor_rot.vectors @ f_rot
