@@ -27,7 +27,7 @@ from .errors import UserError
 from .posterior import u_cell_indices
 from .prepare import read_effect_names, read_names
 from .rawh5 import install, temporary_path
-from .runinfo import chains_for_reading, require_prepared
+from .runinfo import chain_number, chains_for_reading, require_prepared
 from .storage import ChainFile
 
 CHUNK_DRAWS = 64
@@ -97,7 +97,7 @@ def run_export(config: Config, output: Path | None = None, echo=print, warn=None
         with h5netcdf.File(tmp, "w") as nc:
             post = nc.create_group("posterior")
             stats = nc.create_group("sample_stats")
-            coords = {"chain": np.array([int(Path(c.path).stem.split("_", 1)[1]) for c in chains]),
+            coords = {"chain": np.array([chain_number(c.path) for c in chains]),
                       "draw": np.arange(draws), "trait": _strings(traits),
                       "factor": np.arange(k), "fixed_effect": _strings(fixed_names),
                       "effect": _strings(effect_names), "id": _strings(ids[:n_train])}

@@ -16,14 +16,16 @@ def chain_path(config: Config, chain: int) -> Path:
     return chains_dir(config) / f"chain_{chain}.h5"
 
 
+def chain_number(path) -> int | None:
+    """The chain number of a chain file's path (chain_<N>.h5), or None."""
+    suffix = Path(path).stem.split("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
+
+
 def chain_paths(config: Config) -> list[Path]:
     """Existing chain files, by chain number."""
-    found = []
-    for path in chains_dir(config).glob("chain_*.h5"):
-        suffix = path.stem.split("_", 1)[1]
-        if suffix.isdigit():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
+    found = [(chain_number(path), path) for path in chains_dir(config).glob("chain_*.h5")]
+    return [p for _, p in sorted(item for item in found if item[0] is not None)]
 
 
 def sampling_hash(config: Config) -> str:
@@ -58,7 +60,7 @@ def chains_for_reading(config: Config, warn=None) -> list[Path]:
     exist yet and chain files beyond mcmc.chains (which are not read)."""
     require_prepared(config)
     wanted = range(1, config.mcmc.chains + 1)
-    present = {int(p.stem.split("_", 1)[1]): p for p in chain_paths(config)}
+    present = {chain_number(p): p for p in chain_paths(config)}
     paths = [present[c] for c in wanted if c in present]
     if not paths:
         raise UserError(f"{config.path.name}: no chains under {chains_dir(config)} yet; run "
