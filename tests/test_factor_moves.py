@@ -254,8 +254,6 @@ def test_rotation_keeps_the_product_of_scores_and_loadings():
 
 
 def _small_model(groups, lambda_type):
-    import dataclasses
-
     from megalmm_cli.model import Priors, build_model
 
     priors = Priors(tot_eta_shape=4.0, tot_eta_rate=2.5, tot_f_shape=19.0, tot_f_rate=18.0,
@@ -273,7 +271,7 @@ def _small_model(groups, lambda_type):
         values[1, 0] = np.nan
     model = build_model([f"i{i}" for i in range(n)], [f"t{j}" for j in range(t)], values, kinship,
                         x1, ["a", "b", "c"], rng.standard_normal((n, 1)), 4, 5,
-                        dataclasses.replace(priors), max_groups=groups, scale_y=False)
+                        priors, max_groups=groups, scale_y=False)
     return model, kinship
 
 

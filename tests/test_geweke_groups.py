@@ -15,6 +15,8 @@ See test_geweke.py for the method and the choice of statistics and priors.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,7 @@ def make_model():
         values[i, j] = np.nan
     values[np.ix_(DROPPED_ROWS, DROPPED_TRAITS)] = np.nan
     x2 = rng.standard_normal((N, 1))
-    priors = PRIORS.__class__(**{**PRIORS.__dict__, "b2_type": "ridge", "b2_ridge_prec": RIDGE})
+    priors = dataclasses.replace(PRIORS, b2_type="ridge", b2_ridge_prec=RIDGE)
     model = build_model([f"i{i}" for i in range(N)], [f"t{j}" for j in range(T)], values, kinship,
                         np.zeros((N, 0)), [], x2, K, DIVISIONS, priors, max_groups=2,
                         scale_y=False)
