@@ -8,6 +8,17 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def dot(a, b):
+    """sum_i a[i] b[i] for 1-D arrays, vectorised (reassociation allowed: the summation order
+    is fixed by the length and the machine's vector width, so a run on one machine always
+    gives the same result). Called, not inlined: inlined, it would take the caller's flags."""
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
 @njit(cache=True, fastmath=True)
 def cholesky_into(prec, low):
     """Lower Cholesky factor of a symmetric positive definite prec (m x m), written into low."""

@@ -8,27 +8,10 @@ rotated data y* = Q' y is then updated in place for the changed cells (O(n_g) pe
 import numpy as np
 from numba import njit, prange
 
+from .linalg import dot
 
-COLUMN_BLOCK = 16  # columns whose rotated data are copied together into contiguous rows
 
-
-@njit(cache=True, inline="always")
-def _dot(a, b, n):
-    """sum_i a[i] b[i] with eight running sums (a fixed order: the same result every run)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    m = n - n % 8
-    for i in range(0, m, 8):
-        s0 += a[i] * b[i]
-        s1 += a[i + 1] * b[i + 1]
-        s2 += a[i + 2] * b[i + 2]
-        s3 += a[i + 3] * b[i + 3]
-        s4 += a[i + 4] * b[i + 4]
-        s5 += a[i + 5] * b[i + 5]
-        s6 += a[i + 6] * b[i + 6]
-        s7 += a[i + 7] * b[i + 7]
-    for i in range(m, n):
-        s0 += a[i] * b[i]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+COLUMN_BLOCK = 64  # columns whose rotated data are copied together into contiguous rows
 
 
 @njit(parallel=True, cache=True)
@@ -36,39 +19,63 @@ def impute_cells(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, re
                  y, y_rot):
     """Redraw the missing cells of one trait group, in place.
 
-    Cells of local column c are rows row_idx[col_ptr[c]:col_ptr[c+1]] (local rows).
+    Cells of local column c are rows row_idx[col_ptr[c]:col_ptr[c+1]] (local rows, ascending).
     x1: (n_g, b1) and b1: (b1, c) fixed effects; scores: (n_g, k) F and loadings: (k, c)
     Lambda on the group's rows and traits; rotation: (n_g, n_g) Q;
     u_rot: (n_g, c) u_R*; resid_sd: (c,); normals: (n_cells,); y, y_rot: (n_g, c) updated.
 
-    Columns are handled COLUMN_BLOCK at a time: their u_R* and y* are copied into contiguous
-    (columns, n_g) rows first (a column of a C-ordered (n_g, c) array is strided, which costs
-    a cache miss per element), updated there cell by cell, and copied back.
+    Columns are handled COLUMN_BLOCK at a time: their u_R*, y* and loadings are copied into
+    contiguous rows first (a column of a C-ordered array is strided), and the
+    block's cells are visited row by row, so that each row of Q is read once per block and
+    serves all of that row's cells there (cell by cell in column order, Q would be streamed
+    from memory once per column). Each column still sees its cells in ascending row order,
+    so every sum is formed in the same order as a column-by-column pass.
     """
     n_cols = col_ptr.size - 1
     n_rows = rotation.shape[0]
+    n_factors = scores.shape[1]
     n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
     for blk in prange(n_blocks):
         c0 = blk * COLUMN_BLOCK
         c1 = min(n_cols, c0 + COLUMN_BLOCK)
-        if col_ptr[c1] == col_ptr[c0]:
+        n_cells = col_ptr[c1] - col_ptr[c0]
+        if n_cells == 0:
             continue
         width = c1 - c0
+        # the block's cells by row (a counting sort; columns ascending within a row)
+        row_start = np.zeros(n_rows + 1, dtype=np.int64)
+        for pos in range(col_ptr[c0], col_ptr[c1]):
+            row_start[row_idx[pos] + 1] += 1
+        for a in range(n_rows):
+            row_start[a + 1] += row_start[a]
+        fill = row_start[:n_rows].copy()
+        cell_pos = np.empty(n_cells, dtype=np.int64)
+        cell_col = np.empty(n_cells, dtype=np.int64)
+        for c in range(c0, c1):
+            for pos in range(col_ptr[c], col_ptr[c + 1]):
+                i = row_idx[pos]
+                cell_pos[fill[i]] = pos
+                cell_col[fill[i]] = c
+                fill[i] += 1
         u_cols = np.empty((width, n_rows))
         y_cols = np.empty((width, n_rows))
         for a in range(n_rows):
             for j in range(width):
                 u_cols[j, a] = u_rot[a, c0 + j]
                 y_cols[j, a] = y_rot[a, c0 + j]
-        for j in range(width):
-            c = c0 + j
-            for pos in range(col_ptr[c], col_ptr[c + 1]):
-                i = row_idx[pos]
-                u = _dot(rotation[i], u_cols[j], n_rows)  # eta_hat of the cell
+        lam_cols = np.empty((width, n_factors))
+        for p in range(n_factors):
+            for j in range(width):
+                lam_cols[j, p] = loadings[p, c0 + j]
+        for i in range(n_rows):
+            for q in range(row_start[i], row_start[i + 1]):
+                pos = cell_pos[q]
+                c = cell_col[q]
+                j = c - c0
+                u = dot(rotation[i], u_cols[j])  # eta_hat of the cell: u_R, then X1 B1 and F Lambda
                 for p in range(x1.shape[1]):
                     u += x1[i, p] * b1[p, c]
-                for p in range(scores.shape[1]):
-                    u += scores[i, p] * loadings[p, c]
+                u += dot(scores[i], lam_cols[j])
                 new = u + resid_sd[c] * normals[pos]
                 delta = new - y[i, c]
                 y[i, c] = new
