@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import matmul
-from .linalg import cholesky_into, draw_with_factor, solve_lower_into
+from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into
 
 JOINT_MAX = 64
 BLOCK_SIZE = 16
@@ -78,58 +78,75 @@ def _joint_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, norm
 
 
 def _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs):
-    """tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE given the rest.
-
-    Columns at one grid point are processed together so that every product with the Gram
-    matrix is a matrix-matrix product; only the small per-column block systems are solved one
-    column at a time (numba, parallel over columns).
-    """
-    c, b = xty.shape
-    tot_prec = np.empty(c)
-    for u in range(gram.shape[0]):
-        cols = np.flatnonzero(grid_of_col == u)
-        if cols.size == 0:
-            continue
-        g = gram[u]
-        beta = coefs[cols]
-        prior = prior_prec[cols]
-        g_beta = beta @ g  # G is symmetric
-        quad = (yty[cols] - 2.0 * np.einsum("ij,ij->i", beta, xty[cols])
-                + np.einsum("ij,ij->i", beta, g_beta) + np.einsum("ij,ij->i", prior, beta * beta))
-        tau = std_gamma[cols] / (rate0[cols] + 0.5 * np.maximum(quad, 0.0))
-        sd = 1.0 / np.sqrt(tau)
-        for start in range(0, b, BLOCK_SIZE):
-            blk = slice(start, min(start + BLOCK_SIZE, b))
-            rhs = xty[cols, blk] - g_beta[:, blk] + beta[:, blk] @ g[blk, blk]
-            new = _block_system_draws(np.ascontiguousarray(g[blk, blk]), np.ascontiguousarray(prior[:, blk]),
-                                      rhs, np.ascontiguousarray(normals[cols, blk]), sd)
-            change = new - beta[:, blk]
-            beta[:, blk] = new
-            g_beta += change @ g[blk, :]
-        coefs[cols] = beta
-        tot_prec[cols] = tau
+    """tot_prec_j given beta_j, then beta_j in blocks of BLOCK_SIZE given the rest."""
+    rows = np.ascontiguousarray(coefs)  # one contiguous row per column (a copy if strided)
+    tot_prec = _blocked_sweep(gram, grid_of_col.astype(np.int64), np.ascontiguousarray(xty), yty,
+                              np.ascontiguousarray(prior_prec), rate0, std_gamma,
+                              np.ascontiguousarray(normals), rows, BLOCK_SIZE)
+    if rows is not coefs:
+        coefs[...] = rows
     return tot_prec
 
 
-@njit(parallel=True, cache=True)
-def _block_system_draws(g_block, prior, rhs, normals, sd):
-    """Per column j: draw from N(P^-1 rhs_j, P^-1 sd_j^2), P = g_block + diag(prior_j). (c, m)."""
-    c, m = rhs.shape
-    out = np.empty((c, m))
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs,
+                   block_size):
+    """The blocked update of every column in one kernel (arguments as sample_coefficients).
+
+    Per column: g beta (b^2), tot_prec given beta, then for each block of m coefficients the
+    m x m system g[blk, blk] + diag(prior) with right-hand side xty - g beta + g[blk, blk]
+    beta[blk], and g beta brought up to date by the change (b m; g is symmetric, so its rows
+    serve as columns). Columns are visited sorted by grid point, in contiguous chunks per
+    thread, so that consecutive columns share their Gram matrix in cache.
+    """
+    c, b = xty.shape
+    tot_prec = np.empty(c)
+    order = np.argsort(grid_of_col, kind="mergesort")
     chunks = min(c, 64)
     for ch in prange(chunks):
-        prec = np.empty((m, m))
-        low = np.zeros((m, m))
-        work = np.empty(m)
-        noise = np.empty(m)
-        for j in range(ch * c // chunks, (ch + 1) * c // chunks):
-            prec[:, :] = g_block
-            for p in range(m):
-                prec[p, p] += prior[j, p]
-                noise[p] = normals[j, p] * sd[j]
-            cholesky_into(prec, low)
-            draw_with_factor(low, rhs[j], noise, work, out[j])
-    return out
+        g_beta = np.empty(b)
+        rhs = np.empty(block_size)
+        prec_buffer = np.empty(block_size * block_size)
+        low_buffer = np.zeros(block_size * block_size)
+        work = np.empty(block_size)
+        noise = np.empty(block_size)
+        new = np.empty(block_size)
+        for q in range(ch * c // chunks, (ch + 1) * c // chunks):
+            j = order[q]
+            g = gram[grid_of_col[j]]
+            beta = coefs[j]
+            quad = yty[j]
+            for p in range(b):
+                total = 0.0
+                for r in range(b):
+                    total += g[p, r] * beta[r]
+                g_beta[p] = total
+                quad += beta[p] * (total - 2.0 * xty[j, p] + prior_prec[j, p] * beta[p])
+            tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
+            sd = 1.0 / np.sqrt(tau)
+            for start in range(0, b, block_size):
+                m = min(block_size, b - start)
+                prec = prec_buffer[:m * m].reshape((m, m))  # contiguous m x m views
+                low = low_buffer[:m * m].reshape((m, m))
+                for p in range(m):
+                    row = start + p
+                    total = xty[j, row] - g_beta[row]
+                    for r in range(m):
+                        total += g[row, start + r] * beta[start + r]
+                        prec[p, r] = g[row, start + r]
+                    prec[p, p] += prior_prec[j, row]
+                    rhs[p] = total
+                    noise[p] = normals[j, row] * sd
+                cholesky_into(prec, low)
+                draw_with_factor(low, rhs[:m], noise[:m], work[:m], new[:m])
+                for r in range(m):
+                    change = new[r] - beta[start + r]
+                    beta[start + r] = new[r]
+                    g_row = g[start + r]
+                    for p in range(b):
+                        g_beta[p] += g_row[p] * change
+            tot_prec[j] = tau
+    return tot_prec
 
 
 def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
