@@ -165,13 +165,16 @@ class RunResult:
 
 
 def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed: int, chain: int,
-              progress=None, stop: StopRequested | None = None) -> RunResult:
+              progress=None, stop: StopRequested | None = None, draw_dtype=np.float64) -> RunResult:
     """Advance a chain to plan.total iterations, resuming from storage's last checkpoint.
 
     storage: ChainFile or MemoryChain; progress: callable(iterations_done_now) or None.
+    draw_dtype: precision of a stored draw's large products (Q u_R*, the factor parts of U
+    and eta_hat); float32 (posterior.dtype) halves their cost. The chain itself is unaffected.
     sample_names: the parameters whose draws are stored, recorded_samples(...) to include
     "U_cells" (dropped when U is not a posterior mean or the chain file has no dataset for it).
     """
+    draw_dtype = np.dtype(draw_dtype)
     checkpoint = storage.load()
     if checkpoint is None:
         rng, pred_rng = chain_generators(seed, chain)
@@ -208,7 +211,8 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
             if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
                 reorder_factors(model, state)
             if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
-                storage.append(n_draws, _record(model, state, sample_names, moments, u_cells))
+                storage.append(n_draws, _record(model, state, sample_names, moments, u_cells,
+                                                draw_dtype))
                 n_draws += 1
             if progress is not None:
                 progress(it - start_iteration)
@@ -229,23 +233,25 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                      elapsed - (checkpoint.elapsed if checkpoint else 0.0), interrupted, first_seconds)
 
 
-def _record(model: Model, state: State, sample_names, moments: dict, u_cells=None) -> dict:
+def _record(model: Model, state: State, sample_names, moments: dict, u_cells=None,
+            dtype=np.float64) -> dict:
     """One stored draw: returns the sampled parameters (name -> array) and updates the
-    running moments."""
+    running moments (float64 accumulators; dtype: precision of the products that form U_R,
+    U and eta_hat)."""
     need_effects = bool(moments) or any(name in EFFECT_PARAMS for name in sample_names)
     by_effect = None
     if need_effects and "U_by_effect" in moments:
         by_effect = random_effects_by_effect(model, state)
         effects = (by_effect[0].sum(axis=0), by_effect[1].sum(axis=0))
     else:
-        effects = random_effects(model, state) if need_effects else None
+        effects = random_effects(model, state, dtype) if need_effects else None
     values = draw(model, state, [n for n in sample_names if n not in DERIVED_SAMPLES], effects)
     if not moments:
         return values
     u_f, u_r = effects
     genetic, expected = moments.get("U"), moments.get("eta_hat")
     if genetic is not None or expected is not None:
-        top, bottom = factor_parts(model, state, u_f)
+        top, bottom = factor_parts(model, state, u_f, u_r.dtype)
         count = (genetic or expected).count + 1
         add_draw(top, bottom, u_r, model.x1_all, state.B1, model.trait_sd, model.trait_mean,
                  count, genetic.mean if genetic else EMPTY, genetic.m2 if genetic else EMPTY,

@@ -419,7 +419,7 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
         result = run_chain(model, storage, plan, names, cfg.posterior.means,
                            cfg.run.seed, number,
                            progress=(lambda i: bar.update_to(at + i)) if bar is not None else None,
-                           stop=stop)
+                           stop=stop, draw_dtype=cfg.posterior.dtype)
     finally:
         stop.sampling = False
         if bar is not None:

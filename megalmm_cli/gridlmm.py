@@ -6,6 +6,7 @@ sigma2 * (h2 * s_i + 1 - h2). All grid log-likelihoods below work in that basis.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 
 import numpy as np
@@ -53,6 +54,11 @@ class Rotation:
     rows: np.ndarray
     vectors: np.ndarray
     values: np.ndarray
+
+    @cached_property
+    def vectors32(self) -> np.ndarray:
+        """vectors in float32, for the per-draw products of the running means."""
+        return self.vectors.astype(np.float32)
 
 
 def rotation(kinship: np.ndarray, rows: np.ndarray) -> Rotation:

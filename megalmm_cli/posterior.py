@@ -57,40 +57,44 @@ def param_shape(model: Model, name: str) -> tuple:
     return shapes[name]
 
 
-def _project(rot_vectors, u_rot, projection: Projection, n_all, rows, sd, rng):
+def _project(rotation, u_rot, projection: Projection, n_all, rows, sd, rng, dtype=np.float64):
     """Random effects on all individuals from rotated ones on `rows`.
 
-    u_rot: (n_g, c) in the rotation; sd: (c,) prior sd scale sqrt(h2 / tot_prec).
-    Returns (N, c): rows from Q u*, others drawn from their conditional given them.
+    rotation: the Rotation of `rows`; u_rot: (n_g, c) in it; sd: (c,) prior sd scale
+    sqrt(h2 / tot_prec). Returns (N, c) in `dtype`: rows from Q u*, others drawn from their
+    conditional given them. float32 halves the cost of Q u* (n_g^2 c, the largest product of
+    a stored draw); the random numbers drawn are the same in either precision.
     """
-    out = np.empty((n_all, u_rot.shape[1]))
-    # reading rot_vectors dominates when u_rot has few columns: two threads read halves
-    out[rows] = matmul(rot_vectors, u_rot, split_min=1e6)
+    out = np.empty((n_all, u_rot.shape[1]), dtype=dtype)
+    vectors = rotation.vectors32 if dtype == np.float32 else rotation.vectors
+    # reading the vectors dominates when u_rot has few columns: two threads read halves
+    out[rows] = matmul(vectors, u_rot.astype(dtype, copy=False), split_min=1e6)
     if projection.other_rows.size:
         noise = projection.chol @ rng.standard_normal((projection.chol.shape[1], u_rot.shape[1]))
         out[projection.other_rows] = projection.mean_map @ u_rot + noise * sd[None, :]
     return out
 
 
-def random_effects(model: Model, state: State) -> tuple[np.ndarray, np.ndarray]:
-    """U_F (N, k) and U_R (N, t) for every individual, standardised units, free factor scale."""
+def random_effects(model: Model, state: State, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """U_F (N, k) and U_R (N, t) for every individual, standardised units, free factor scale;
+    U_R in `dtype` (float32 for the running means of a stored draw, see _project)."""
     if model.n_effects > 1:
         u_f, u_r = random_effects_by_effect(model, state)
         return u_f.sum(axis=0), u_r.sum(axis=0)
     N = len(model.ids)
     rng = state.pred_rng
     f_h2 = model.grid[state.f_h2_index, 0]
-    u_f = _project(model.factor_rot.vectors, state.U_F_rot, model.factor_projection, N,
+    u_f = _project(model.factor_rot, state.U_F_rot, model.factor_projection, N,
                    np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec), rng)
     resid_h2 = model.grid[state.resid_h2_index, 0]
     if len(model.groups) == 1 and model.groups[0].col_index == slice(0, model.t):
         g = model.groups[0]  # every trait in one group: no copy into a larger array
         sd = np.sqrt(resid_h2 / state.tot_eta_prec)
-        return u_f, _project(g.rot.vectors, state.U_R_rot[0], g.projection, N, g.rows, sd, rng)
-    u_r = np.empty((N, model.t))
+        return u_f, _project(g.rot, state.U_R_rot[0], g.projection, N, g.rows, sd, rng, dtype)
+    u_r = np.empty((N, model.t), dtype=dtype)
     for gi, g in enumerate(model.groups):
         sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
-        u_r[:, g.cols] = _project(g.rot.vectors, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng)
+        u_r[:, g.cols] = _project(g.rot, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng, dtype)
     return u_f, u_r
 
 
@@ -139,15 +143,17 @@ def random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np
     return u_f, u_r
 
 
-def factor_parts(model: Model, state: State, u_f) -> tuple[np.ndarray, np.ndarray]:
-    """top = U_F Lambda and bottom = (scores - U_F) Lambda, both (N, t), standardised units,
-    from one product; scores are F on the training rows and their conditional mean
-    X2 B2F + U_F elsewhere. Then U = top + U_R and eta_hat = top + bottom + U_R + X1 B1."""
+def factor_parts(model: Model, state: State, u_f, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """top = U_F Lambda and bottom = (scores - U_F) Lambda, both (N, t) in `dtype`,
+    standardised units, from one product; scores are F on the training rows and their
+    conditional mean X2 B2F + U_F elsewhere. Then U = top + U_R and
+    eta_hat = top + bottom + U_R + X1 B1."""
     n = model.n
     rest = np.empty_like(u_f)
     rest[:n] = state.F - u_f[:n]
     rest[n:] = model.x2_all[n:] @ state.B2F
-    both = matmul(np.vstack([u_f, rest]), state.Lambda)
+    both = matmul(np.vstack([u_f, rest]).astype(dtype, copy=False),
+                  state.Lambda.astype(dtype, copy=False))
     return both[: u_f.shape[0]], both[u_f.shape[0]:]
 
 

@@ -437,3 +437,29 @@ def test_checkpoint_size_estimate_is_exact(small_model):
     run_chain(small_model, store, Plan(5, 10, 2, 0, 15), ("f_h2",), MEANS, seed=1, chain=1)
     parts = _flatten(store.load())
     assert sum(a.nbytes for a in parts.values()) == checkpoint_bytes(small_model, MEANS)
+
+
+def test_float32_draw_products_change_only_the_means(small_model):
+    """draw_dtype (posterior.dtype) sets the precision of a stored draw's products (Q u_R*,
+    the factor parts of U and eta_hat): the chain, its draws and its random streams are the
+    same as in float64, and the running means agree to float32 precision (a product left in
+    another basis or a dropped term would be off by far more)."""
+    exact, rounded = MemoryChain(), MemoryChain()
+    run_chain(small_model, exact, PLAN, SAMPLES, MEANS, seed=7, chain=1)
+    run_chain(small_model, rounded, PLAN, SAMPLES, MEANS, seed=7, chain=1, draw_dtype="float32")
+    a, b = exact.load(), rounded.load()
+    assert a.rng_states == b.rng_states
+    for name, value in a.arrays.items():
+        for x, y in zip(value, b.arrays[name]) if isinstance(value, list) else [(value, b.arrays[name])]:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    for name in SAMPLES:
+        if name != "U_R":
+            np.testing.assert_array_equal(exact.samples[name], rounded.samples[name], err_msg=name)
+    np.testing.assert_allclose(rounded.samples["U_R"], exact.samples["U_R"], rtol=1e-4, atol=1e-5)
+    for name, value in a.means.items():
+        if name.endswith(".count"):
+            assert value == b.means[name]
+            continue
+        scale = np.abs(value).max()
+        np.testing.assert_allclose(b.means[name], value, rtol=0, atol=1e-5 * scale, err_msg=name)
+        assert not np.array_equal(b.means[name], value)  # the products did run in float32
