@@ -63,8 +63,8 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     b1g = g.x1_rot.shape[1]
     n_g, t_g = state.Y_rot[gi].shape
     index = state.resid_h2_index[cols]
-    prior_prec = np.hstack([np.zeros((t_g, b1g)), state.lambda_prec[:, cols].T])
-    coefs_t = np.hstack([state.B1[g.x1_keep][:, cols].T, state.Lambda[:, cols].T])
+    prior_prec = _rows_per_column(np.zeros((b1g, t_g)), state.lambda_prec[:, cols])
+    coefs_t = _rows_per_column(state.B1[g.x1_keep][:, cols], state.Lambda[:, cols])
     shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
     std_gamma = rng.standard_gamma(shape, size=t_g)
     rate0 = np.full(t_g, p.tot_eta_rate)
@@ -97,6 +97,15 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
             resid_rot, model.grid[index], tau, index, cache,
             normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
     state.resid_h2_index[cols] = index
+
+
+def _rows_per_column(top, bottom) -> np.ndarray:
+    """The stacked (top; bottom) transposed into a C-ordered (columns, b) array: one
+    contiguous row per trait, as the coefficient kernels read them."""
+    out = np.empty((top.shape[1], top.shape[0] + bottom.shape[0]))
+    out[:, :top.shape[0]] = top.T
+    out[:, top.shape[0]:] = bottom.T
+    return out
 
 
 def scores_collapsed(model: Model) -> bool:
