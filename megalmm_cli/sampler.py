@@ -81,9 +81,8 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     b1_block[g.x1_keep] = coefs[:b1g]
     state.B1[:, cols] = b1_block
     state.Lambda[:, cols] = coefs[b1g:]
-    coefs = np.ascontiguousarray(coefs)
 
-    resid_rot = matmul(x_rot, coefs)
+    resid_rot = matmul(x_rot, coefs)  # coefs: a Fortran-ordered view, as BLAS takes it
     np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
     if cache is None:
         index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior,

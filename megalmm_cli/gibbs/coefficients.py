@@ -95,8 +95,8 @@ def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
 
     Per column: g beta (b^2), tot_prec given beta, then for each block of m coefficients the
     m x m system g[blk, blk] + diag(prior) with right-hand side xty - g beta + g[blk, blk]
-    beta[blk], and g beta brought up to date by the change (b m; g is symmetric, so its rows
-    serve as columns). Columns are visited sorted by grid point, in contiguous chunks per
+    beta[blk], and the entries of g beta that later blocks read brought up to date by the
+    change (g is symmetric, so its rows serve as columns). Columns are visited sorted by grid point, in contiguous chunks per
     thread, so that consecutive columns share their Gram matrix in cache.
     """
     c, b = xty.shape
@@ -143,7 +143,7 @@ def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
                     change = new[r] - beta[start + r]
                     beta[start + r] = new[r]
                     g_row = g[start + r]
-                    for p in range(b):
+                    for p in range(start + m, b):  # only later blocks read g beta again
                         g_beta[p] += g_row[p] * change
             tot_prec[j] = tau
     return tot_prec
@@ -166,19 +166,29 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
     else:
         gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
     weighted = np.empty_like(y_rot)
-    _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)
+    yty = _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)
     xty = matmul(weighted.T, x_rot)
-    yty = np.einsum("ij,ij->j", weighted, y_rot)
     return gram, grid_of_col.astype(np.int64), xty, yty
 
 
 @njit(parallel=True, cache=True)
 def _weight_columns(y_rot, weights, grid_index, out):
-    """out[i, j] = weights[grid_index[j], i] * y_rot[i, j]."""
+    """out[i, j] = weights[grid_index[j], i] * y_rot[i, j]; returns yty[j] = sum_i out[i, j]
+    y_rot[i, j] (c,), summed over fixed row blocks (the same result on any thread count)."""
     n, c = y_rot.shape
-    for i in prange(n):
+    n_blocks = min(n, 16)
+    partial = np.zeros((n_blocks, c))
+    for blk in prange(n_blocks):
+        for i in range(blk * n // n_blocks, (blk + 1) * n // n_blocks):
+            for j in range(c):
+                value = weights[grid_index[j], i] * y_rot[i, j]
+                out[i, j] = value
+                partial[blk, j] += value * y_rot[i, j]
+    yty = np.zeros(c)
+    for blk in range(n_blocks):
         for j in range(c):
-            out[i, j] = weights[grid_index[j], i] * y_rot[i, j]
+            yty[j] += partial[blk, j]
+    return yty
 
 
 def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):

@@ -29,21 +29,27 @@ def sample_random_effects(resid_rot, eigenvalues, h2, tot_prec, normals):
     mean_i = h2 s_i / (h2 s_i + 1 - h2) e*_i, var_i = h2 s_i (1 - h2) / (h2 s_i + 1 - h2) / tot_prec.
     Columns with h2 = 0 (and coordinates with s_i = 0) get exactly 0. Returns (n, c).
     """
+    # h2 takes few values (grid points): shrinkage and sd per (row, value) from a small table,
+    # so that no division or square root is left per cell
+    levels, which = np.unique(h2, return_inverse=True)
+    genetic = eigenvalues[:, None] * levels[None, :]                      # (n, L)
+    shrink = genetic / (genetic + 1.0 - levels[None, :])
+    sd = np.sqrt(shrink * (1.0 - levels[None, :]))
     out = np.empty_like(resid_rot)
-    _random_effects_kernel(resid_rot, eigenvalues, h2, tot_prec, normals, out)
+    _random_effects_kernel(resid_rot, np.ascontiguousarray(shrink), np.ascontiguousarray(sd),
+                           which.astype(np.int64), 1.0 / np.sqrt(tot_prec), normals, out)
     return out
 
 
 @njit(parallel=True, cache=True)
-def _random_effects_kernel(resid_rot, eigenvalues, h2, tot_prec, normals, out):
+def _random_effects_kernel(resid_rot, shrink, sd, which, inv_sd, normals, out):
+    """out[i, j] = shrink[i, which[j]] resid_rot[i, j] + sd[i, which[j]] inv_sd[j] normals[i, j]."""
     n, c = resid_rot.shape
     for i in prange(n):
-        s = eigenvalues[i]
         for j in range(c):
-            genetic = h2[j] * s
-            shrink = genetic / (genetic + 1.0 - h2[j])
-            var = shrink * (1.0 - h2[j]) / tot_prec[j]
-            out[i, j] = shrink * resid_rot[i, j] + np.sqrt(var) * normals[i, j]
+            level = which[j]
+            out[i, j] = (shrink[i, level] * resid_rot[i, j]
+                         + sd[i, level] * inv_sd[j] * normals[i, j])
 
 
 # ----------------------------------------------------------------------------- several effects
