@@ -13,13 +13,15 @@ never a t x t matrix per draw. Factor rows whose every loading is negligible
 (Lambda_lj^2 < 1e-14 of trait j's variance, far below float32 rounding) are left out of
 float32 sums: with strong shrinkage most of the K factors of a draw are such rows.
 
-Per-trait quantities (diagonals, h2, each effect's share) and the covariances among a chosen
-subset of traits are computed per draw, for intervals.
+Per-trait quantities (diagonals, h2, each effect's share) are computed per draw, for
+intervals; so are the covariances among a chosen subset of traits, one entry at a time
+(SubsetFactors), each entry's draws summarised as soon as they are formed.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 from scipy.linalg import blas
 
 DROP_BELOW = {np.dtype("float32"): 1e-14, np.dtype("float64"): 0.0}
@@ -137,31 +139,123 @@ def _mirror_upper(acc: np.ndarray, block: int = 1024) -> None:
         acc[start:stop, start:stop] = np.triu(part) + np.triu(part, 1).T
 
 
-def subset_matrices(d: Draws, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per draw G and R among the traits `cols`: (s, m, m) each."""
-    lam = np.ascontiguousarray(d.lam[:, :, cols])
-    lam_t = np.ascontiguousarray(lam.transpose(0, 2, 1))                    # (s, m, K)
-    genetic = np.matmul(lam_t * d.f_h2[:, None, :], lam)
-    residual = np.matmul(lam_t * (1.0 - d.f_h2)[:, None, :], lam)
-    index = np.arange(cols.size)
-    genetic[:, index, index] += d.resid_h2[:, cols] / d.tot_eta_prec[:, cols]
-    residual[:, index, index] += (1.0 - d.resid_h2[:, cols]) / d.tot_eta_prec[:, cols]
-    return genetic, residual
+@dataclass
+class SubsetFactors:
+    """What G and R among a subset of m traits are made of, over S draws (all chains):
+    lam: (m, S, K) loadings of each chosen trait; f_h2: (S, K); g_diag, r_diag: (S, m) the
+    diagonal parts resid_h2 / tot_eta_prec and (1 - resid_h2) / tot_eta_prec."""
+
+    lam: np.ndarray
+    f_h2: np.ndarray
+    g_diag: np.ndarray
+    r_diag: np.ndarray
+
+    @classmethod
+    def from_blocks(cls, blocks, cols: np.ndarray) -> "SubsetFactors":
+        """From an iterable of Draws (chain_draws of every chain, in order)."""
+        lam, f_h2, g_diag, r_diag = [], [], [], []
+        for d in blocks:
+            lam.append(d.lam[:, :, cols])
+            f_h2.append(d.f_h2)
+            g_diag.append(d.resid_h2[:, cols] / d.tot_eta_prec[:, cols])
+            r_diag.append((1.0 - d.resid_h2[:, cols]) / d.tot_eta_prec[:, cols])
+        return cls(np.ascontiguousarray(np.concatenate(lam).transpose(2, 0, 1)),
+                   np.concatenate(f_h2), np.concatenate(g_diag), np.concatenate(r_diag))
+
+    def genetic_entries(self, rows, cols) -> np.ndarray:
+        """(S, len(rows)) draws of the off-diagonal entries G[rows[i], cols[i]] (subset indices)."""
+        return np.einsum("msk,sk,msk->sm", self.lam[rows], self.f_h2, self.lam[cols])
+
+    def summary(self, prob: float = 0.95) -> dict:
+        """Posterior means and HPD bounds (m, m) of G and R among the subset: "G", "R",
+        "G_low", "G_high", "R_low", "R_high". Each entry's S draws are formed and summarised
+        in one pass (numba, parallel over rows): no (S, m, m) array is built."""
+        width = max(1, int(np.ceil(prob * self.lam.shape[1])))
+        lam = np.ascontiguousarray(self.lam.transpose(0, 2, 1))        # (m, K, S): draws inner
+        weighted = np.ascontiguousarray(lam * self.f_h2.T[None, :, :])  # lam_l f_h2_l
+        out = _subset_summary(lam, weighted, np.ascontiguousarray(self.g_diag.T),
+                              np.ascontiguousarray(self.r_diag.T), width)
+        return dict(zip(("G", "R", "G_low", "G_high", "R_low", "R_high"), out))
 
 
-def symmetric_hpd(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """hpd_interval of draws of symmetric matrices (S, m, m), from their upper triangles
-    (half the sorting), a block of rows at a time."""
-    m = draws.shape[1]
-    low, high = np.empty((m, m)), np.empty((m, m))
-    rows, cols = np.triu_indices(m)
-    step = max(1, (1 << 22) // max(1, draws.shape[0]))
-    for start in range(0, rows.size, step):
-        r, c = rows[start:start + step], cols[start:start + step]
-        lo, hi = hpd_interval(draws[:, r, c])
-        low[r, c] = low[c, r] = lo
-        high[r, c] = high[c, r] = hi
-    return low, high
+@njit(parallel=True, cache=True)
+def _subset_summary(lam, weighted, g_diag, r_diag, width):
+    """lam (m, K, S) loadings, weighted = lam * f_h2 (m, K, S); g_diag, r_diag (m, S).
+    Means and HPD bounds (as hpd_interval) of the G and R entries, each (m, m)."""
+    m, k, n_draws = lam.shape
+    g_mean, r_mean = np.empty((m, m)), np.empty((m, m))
+    g_low, g_high = np.empty((m, m)), np.empty((m, m))
+    r_low, r_high = np.empty((m, m)), np.empty((m, m))
+    for a in prange(m):
+        genetic = np.empty(n_draws)
+        both = np.empty(n_draws)   # lam_a lam_b summed over factors: G + R's low-rank parts
+        tail = max(1, n_draws - width + 1)
+        smallest, largest = np.empty(tail), np.empty(tail)
+        for b in range(a, m):
+            for s in range(n_draws):
+                genetic[s] = g_diag[a, s] if a == b else 0.0
+                both[s] = 0.0
+            for q in range(k):
+                w_a = weighted[a, q]
+                l_a = lam[a, q]
+                l_b = lam[b, q]
+                for s in range(n_draws):
+                    genetic[s] += w_a[s] * l_b[s]
+                    both[s] += l_a[s] * l_b[s]
+            residual = both - genetic  # R's low-rank part (on the diagonal less G's diagonal part,
+            if a == b:                 # which is added back with R's)
+                for s in range(n_draws):
+                    residual[s] += g_diag[a, s] + r_diag[a, s]
+            g_mean[a, b] = g_mean[b, a] = genetic.mean()
+            r_mean[a, b] = r_mean[b, a] = residual.mean()
+            low, high = _hpd(genetic, width, smallest, largest)
+            g_low[a, b] = g_low[b, a] = low
+            g_high[a, b] = g_high[b, a] = high
+            low, high = _hpd(residual, width, smallest, largest)
+            r_low[a, b] = r_low[b, a] = low
+            r_high[a, b] = r_high[b, a] = high
+    return g_mean, r_mean, g_low, g_high, r_low, r_high
+
+
+@njit(cache=True)
+def _hpd(values, width, smallest, largest):
+    """hpd_interval of one sample (the first shortest window of `width` ordered draws) from
+    its L = n - width + 1 smallest and L largest values only: a window starts among the
+    first L and ends among the last L ordered draws, so no full sort is needed.
+    smallest, largest: (L,) scratch, filled with ordered[:L] and ordered[n-L:] reversed."""
+    n = values.size
+    if width >= n:
+        return values.min(), values.max()
+    tail = n - width + 1
+    # the L smallest, ascending, and the L largest, descending: insertion into short sorted
+    # buffers, most values rejected by one comparison with the current L-th
+    for i in range(tail):
+        smallest[i] = np.inf
+        largest[i] = -np.inf
+    low_cut, high_cut = np.inf, -np.inf
+    for v in values:
+        if v < low_cut:
+            pos = tail - 1
+            while pos > 0 and smallest[pos - 1] > v:
+                smallest[pos] = smallest[pos - 1]
+                pos -= 1
+            smallest[pos] = v
+            low_cut = smallest[tail - 1]
+        if v > high_cut:
+            pos = tail - 1
+            while pos > 0 and largest[pos - 1] < v:
+                largest[pos] = largest[pos - 1]
+                pos -= 1
+            largest[pos] = v
+            high_cut = largest[tail - 1]
+    start = 0
+    best = largest[n - width] - smallest[0]
+    for i in range(1, tail):
+        span = largest[n - width - i] - smallest[i]
+        if span < best:
+            best = span
+            start = i
+    return smallest[start], largest[n - width - start]
 
 
 def hpd_interval(draws: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ import pandas as pd
 
 from . import FORMAT_VERSION, __version__
 from .config import Config
-from .covariance import (chain_draws, effective_factors, hpd_interval, posterior_mean_matrix,
-                         subset_matrices, symmetric_hpd, trait_diagonals)
+from .covariance import (SubsetFactors, chain_draws, effective_factors, hpd_interval,
+                         posterior_mean_matrix, trait_diagonals)
 from .csvout import write_matrix_csv
 from .errors import UserError
 from .outputs import replaced_directory
@@ -205,16 +205,17 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     cols = choose_traits(config, traits, table.h2_mean.to_numpy(), loading)
     names_sub = [traits[j] for j in cols]
     step(f"summarize: G and R among {cols.size} traits")
-    genetic_draws, residual_draws = _subset_draws(chains, cols)
-    bounds = {"G": symmetric_hpd(genetic_draws), "R": symmetric_hpd(residual_draws)}
-    (g_low, g_high), (r_low, r_high) = bounds["G"], bounds["R"]
+    subset = SubsetFactors.from_blocks((d for chain in chains for d in chain_draws(chain)), cols)
+    among = subset.summary()
+    g_low, g_high, r_low, r_high = among["G_low"], among["G_high"], among["R_low"], among["R_high"]
+    bounds = {"G": (g_low, g_high), "R": (r_low, r_high)}
     matrices = {}
     dtype = np.dtype(config.summary.dtype)
     if config.summary.matrices:
         matrices = _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
                                    bounds, step, echo)
-    g_mean = matrices["G"] if matrices else genetic_draws.mean(axis=0)
-    r_mean = matrices["R"] if matrices else residual_draws.mean(axis=0)
+    g_mean = matrices["G"] if matrices else among["G"]
+    r_mean = matrices["R"] if matrices else among["R"]
     fmt = "%.9g" if matrices and dtype == np.float32 else "%.10g" if matrices else "%.6g"
     for name, values in (("G", g_mean), ("R", r_mean), ("G_hpd_low", g_low), ("G_hpd_high", g_high),
                          ("R_hpd_low", r_low), ("R_hpd_high", r_high)):
@@ -229,7 +230,7 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
 
     lengths = [len(s.stack("h2")) for s in summaries]
     monitored = _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean,
-                           genetic_draws, counts)
+                           subset, counts)
     names, series = monitored
     step(f"summarize: convergence of {len(names)} parameters")
     diag = diagnostics_table(names, series)
@@ -257,17 +258,6 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
 def _write_table(path: Path, table: pd.DataFrame) -> None:
     values = table.drop(columns="trait").to_numpy()
     write_matrix_csv(path, "trait", table.trait.tolist(), list(table.columns[1:]), values, "%.6g")
-
-
-def _subset_draws(chains, cols) -> tuple[np.ndarray, np.ndarray]:
-    """(S, m, m) draws of G and R among the traits `cols`, all chains concatenated."""
-    genetic, residual = [], []
-    for chain in chains:
-        for d in chain_draws(chain):
-            g, r = subset_matrices(d, cols)
-            genetic.append(g)
-            residual.append(r)
-    return np.concatenate(genetic), np.concatenate(residual)
 
 
 def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, echo) -> dict:
@@ -307,7 +297,7 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, ec
     return blocks
 
 
-def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, genetic_draws,
+def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, subset,
                counts) -> tuple[list, np.ndarray]:
     """Names and per-chain draws (C, S, params) of the monitored parameters: h2 and resid_h2
     per trait, the largest |off-diagonal| genetic covariances among the chosen traits, the U
@@ -321,7 +311,7 @@ def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_me
     if len(rows):
         order = np.argsort(-np.abs(g_mean[rows, cols_]), kind="stable")[:MAX_G_MONITORED]
         rows, cols_ = rows[order], cols_[order]
-        per_chain = np.split(genetic_draws[:, rows, cols_], np.cumsum(counts)[:-1])
+        per_chain = np.split(subset.genetic_entries(rows, cols_), np.cumsum(counts)[:-1])
         columns.append(by_chain(per_chain))
         names += [f"G[{traits[cols[i]]},{traits[cols[j]]}]" for i, j in zip(rows, cols_)]
     u_cells = [c.read_samples("U_cells") if "U_cells" in c.sample_names() else None for c in chains]

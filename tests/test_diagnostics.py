@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from megalmm_cli.cli import main
 from megalmm_cli.diagnostics import convergence
-from megalmm_cli.covariance import Draws, effective_factors, hpd_interval, posterior_mean_matrix, subset_matrices
+from megalmm_cli.covariance import (Draws, SubsetFactors, effective_factors, hpd_interval,
+                                   posterior_mean_matrix)
 
 
 from .conftest import run_small_pipeline
@@ -105,18 +106,28 @@ def test_full_matrices_equal_a_dense_computation():
     assert not np.allclose(wrong, dense["G"], rtol=1e-3)
 
 
-def test_subset_draws_equal_the_dense_blocks_and_hpd():
+def test_subset_summary_equals_the_dense_blocks_and_hpd():
+    """Means and HPD bounds of G and R among a subset, formed entry by entry, equal those of
+    the dense per-draw matrices; so do the monitored entries' draws."""
     rng = np.random.default_rng(8)
     d = _random_draws(rng, 40, 3, 7)
     dense = _dense(d)
     cols = np.array([1, 4, 6])
-    genetic, residual = subset_matrices(d, cols)
-    np.testing.assert_allclose(genetic, dense["G"][:, cols][:, :, cols], rtol=1e-12)
-    np.testing.assert_allclose(residual, dense["R"][:, cols][:, :, cols], rtol=1e-12)
-    low, high = hpd_interval(genetic)
-    ref_low, ref_high = hpd_interval(dense["G"])
-    np.testing.assert_allclose(low, ref_low[np.ix_(cols, cols)], rtol=1e-12)
-    np.testing.assert_allclose(high, ref_high[np.ix_(cols, cols)], rtol=1e-12)
+    halves = [Draws(d.lam[:25], d.f_h2[:25], d.resid_h2[:25], d.tot_eta_prec[:25]),
+              Draws(d.lam[25:], d.f_h2[25:], d.resid_h2[25:], d.tot_eta_prec[25:])]
+    subset = SubsetFactors.from_blocks(halves, cols)
+    among = subset.summary()
+    block = np.ix_(cols, cols)
+    for which in ("G", "R"):
+        np.testing.assert_allclose(among[which], dense[which].mean(axis=0)[block], rtol=1e-12)
+        ref_low, ref_high = hpd_interval(dense[which])
+        np.testing.assert_allclose(among[f"{which}_low"], ref_low[block], rtol=1e-12)
+        np.testing.assert_allclose(among[f"{which}_high"], ref_high[block], rtol=1e-12)
+    rows, others = np.array([0, 1]), np.array([2, 2])
+    np.testing.assert_allclose(subset.genetic_entries(rows, others),
+                               dense["G"][:, cols[rows], cols[others]], rtol=1e-12)
+    shifted = SubsetFactors(subset.lam, subset.f_h2, subset.g_diag * 2, subset.r_diag)  # control
+    assert not np.allclose(shifted.summary()["G"], among["G"], rtol=1e-3)
 
 
 def test_effective_factors():
