@@ -166,8 +166,8 @@ def step_times(config: Path, iterations: int) -> dict:
     names = ("Lambda", "f_h2", "resid_h2", "tot_eta_prec", "B1", "U_cells")
     cells = model_u_cells(model)
 
-    def per_draw(model, state):
-        _record(model, state, names, moments, cells)
+    def per_draw(model, state):  # in float32, as `sample` does with the default posterior.dtype
+        _record(model, state, names, moments, cells, np.float32)
 
     steps = {"impute": s.impute_missing, "trait side (2-4)": s.sample_trait_side,
              "factor side (5)": s.sample_factor_side, "scores and moves (6)": s.sample_scores,
