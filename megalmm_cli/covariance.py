@@ -280,6 +280,26 @@ def effective_factors(lam: np.ndarray, share: float = 0.01) -> np.ndarray:
     return np.sum(ss >= share * total, axis=-1)
 
 
+def ranked_factor_shares(d: Draws) -> tuple[np.ndarray, np.ndarray]:
+    """Each factor's share of the total genetic and of the total residual variance
+    (sum_j G_jj and sum_j R_jj), per draw, factors ranked by their share of the total
+    variance in that draw (rank 0 the largest): two (s, K) arrays. Factors change places and
+    signs during sampling, so only ranks within a draw are comparable across draws."""
+    squared = (d.lam * d.lam).sum(axis=2)                    # (s, K): sum_j Lambda_lj^2
+    genetic = squared * d.f_h2
+    residual = squared - genetic
+    diag = trait_diagonals(d)
+    g_share = genetic / diag["G_var"].sum(axis=1)[:, None]
+    r_share = residual / diag["R_var"].sum(axis=1)[:, None]
+    order = np.argsort(-squared, axis=1, kind="stable")
+    return (np.take_along_axis(g_share, order, axis=1), np.take_along_axis(r_share, order, axis=1))
+
+
+def tail_size(k: int) -> int:
+    """How many of K factors count as "the last factors" in the diagnostic: 10%, at least 1."""
+    return max(1, int(np.ceil(0.1 * k)))
+
+
 def genetic_entries(lam, f_h2, rows, cols) -> np.ndarray:
     """Draws of off-diagonal entries G[rows[m], cols[m]]: lam (..., K, t), f_h2 (..., K)
     -> (..., m)."""

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .plots import correlation
 
+TAIL_SHARE_LIMIT = 0.01  # the last factors carry more than this: k may be too small
 RHAT_GOOD = 1.01
 RHAT_OK = 1.1
 ESS_GOOD = 400
@@ -33,6 +34,7 @@ class ReportInfo:
     subset_note: str = ""          # "300 of 20843 traits (...)" when G covers a subset
     accuracy: pd.DataFrame | None = None   # predictions/test_accuracy.csv, when predict wrote it
     samples: int = 0               # sampling iterations per chain (after burn-in)
+    factors: pd.DataFrame | None = None    # summary/factors.csv (summarize.factor_table)
 
 
 def more_iterations(min_ess: float, samples: int) -> int | None:
@@ -196,6 +198,33 @@ def _effects_section(info: ReportInfo) -> list:
     return lines + _table(["effect", "median share", "lowest", "highest"], rows) + [""]
 
 
+def factors_verdict(factors: pd.DataFrame) -> tuple[bool, str]:
+    """Whether K looks large enough, and the report's sentence saying so: the last 10% of the
+    factors (ranked by size in each draw, at least one) should carry at most
+    TAIL_SHARE_LIMIT of the genetic and of the residual variance; with the shrinkage prior,
+    factors beyond those the data need are shrunk towards zero and carry almost nothing."""
+    from .covariance import tail_size
+
+    k = len(factors)
+    last = tail_size(k)
+    row = factors.iloc[k - last]
+    g, r = row.genetic_share_from_here, row.residual_share_from_here
+    what = (f"the last {last} of {k} factors (ranked by size in each draw) carry "
+            f"{100 * g:.2g}% of the genetic and {100 * r:.2g}% of the residual variance")
+    if max(g, r) > TAIL_SHARE_LIMIT:
+        return False, (f"**k may be too small**: {what} (more than {100 * TAIL_SHARE_LIMIT:g}%). "
+                       f"Run again with a larger `model.factors` (for example {2 * k}).")
+    return True, f"**k looks large enough**: {what}."
+
+
+def _factors_section(info: ReportInfo) -> list:
+    if info.factors is None or not len(info.factors):
+        return []
+    _, sentence = factors_verdict(info.factors)
+    return ["## Number of factors", "", sentence,
+            "Each factor's share is in [factors.csv](factors.csv).", ""]
+
+
 def _genetic_section(info: ReportInfo) -> list:
     lines = ["## Genetic covariance (G)", ""]
     if info.subset_note:
@@ -238,8 +267,8 @@ def _links_section(info: ReportInfo) -> list:
 def render_report(info: ReportInfo) -> str:
     lines = [f"# megalmm report: {info.run_name}", ""]
     for section in (_data_section, _settings_section, _timing_section, _convergence_section,
-                    _accuracy_section, _h2_section, _effects_section, _genetic_section,
-                    _links_section):
+                    _accuracy_section, _h2_section, _effects_section, _factors_section,
+                    _genetic_section, _links_section):
         lines += section(info)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -296,7 +325,7 @@ def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6
 
 def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, names, series,
                            g_low=None, g_high=None, h2_by_effect=None, subset_note="",
-                           matrices=False) -> Path:
+                           matrices=False, factors=None) -> Path:
     """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
     from . import plots
     from .prepare import prepared_path
@@ -318,11 +347,14 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
         h2_by_effect=h2_by_effect, subset_note=subset_note, accuracy=_read_accuracy(config),
         samples=max([c["iteration"] - m.burn_in for c in chain_facts(chains_for_reading(config))] + [0]),
+        factors=factors,
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
                "Per trait: h2, variances, intervals (traits.csv)": "traits.csv",
                **({"G, R and genetic correlations of every trait (matrices.h5)": "matrices.h5"}
                   if matrices else {}),
                "h2 per trait (h2.csv)": "h2.csv", "G 95% HPD lower (G_hpd_low.csv)": "G_hpd_low.csv",
+               **({"Each factor's share of the variance (factors.csv)": "factors.csv"}
+                  if factors is not None else {}),
                "G 95% HPD upper (G_hpd_high.csv)": "G_hpd_high.csv",
                "R 95% HPD lower (R_hpd_low.csv)": "R_hpd_low.csv",
                "R 95% HPD upper (R_hpd_high.csv)": "R_hpd_high.csv",

@@ -18,7 +18,8 @@ import pandas as pd
 from . import FORMAT_VERSION, __version__
 from .config import Config
 from .covariance import (SubsetFactors, chain_draws, effective_factors, hpd_interval,
-                         posterior_mean_matrix, trait_diagonals)
+                         posterior_mean_matrix, ranked_factor_shares, tail_size,
+                         trait_diagonals)
 from .csvout import write_matrix_csv
 from .errors import UserError
 from .outputs import replaced_directory
@@ -42,6 +43,8 @@ class ChainSummary:
     shares: list = field(default_factory=list)       # (s, m, t) blocks, several effects
     n_factors: list = field(default_factory=list)    # (s,) effective factors
     loading_ss: np.ndarray | None = None             # (t,) sum over draws of sum_l Lambda_lj^2
+    factor_g: np.ndarray | None = None               # (K,) sum over draws of ranked genetic shares
+    factor_r: np.ndarray | None = None               # (K,) the same for the residual variance
 
     def stack(self, name):
         parts = getattr(self, name)
@@ -62,7 +65,21 @@ def summarize_chain(chain: ChainFile) -> ChainSummary:
         out.n_factors.append(effective_factors(d.lam))
         ss = (d.lam * d.lam).sum(axis=(0, 1))
         out.loading_ss = ss if out.loading_ss is None else out.loading_ss + ss
+        g_share, r_share = ranked_factor_shares(d)
+        out.factor_g = g_share.sum(axis=0) + (0 if out.factor_g is None else out.factor_g)
+        out.factor_r = r_share.sum(axis=0) + (0 if out.factor_r is None else out.factor_r)
     return out
+
+
+def factor_table(summaries: list, n_draws: int) -> pd.DataFrame:
+    """factors.csv: per factor rank (1 = the largest in each draw), the posterior mean share
+    of the total genetic and residual variance it carries, and the shares of all factors
+    from that rank on (the "last factors" of the diagnostic)."""
+    g = sum(s.factor_g for s in summaries if s.factor_g is not None) / n_draws
+    r = sum(s.factor_r for s in summaries if s.factor_r is not None) / n_draws
+    return pd.DataFrame({"rank": np.arange(1, g.size + 1), "genetic_share": g,
+                         "residual_share": r, "genetic_share_from_here": np.cumsum(g[::-1])[::-1],
+                         "residual_share_from_here": np.cumsum(r[::-1])[::-1]})
 
 
 def by_chain(per_chain: list) -> np.ndarray:
@@ -201,6 +218,13 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
         shares_table.to_csv(out / "h2_by_effect.csv", index=False, float_format="%.4f")
         echo(f"wrote {out}/h2_by_effect.csv (shares of {', '.join(effect_names)})")
 
+    factors = factor_table(summaries, n_draws)
+    factors.to_csv(out / "factors.csv", index=False, float_format="%.6g")
+    last = factors.iloc[len(factors) - tail_size(len(factors))]
+    echo(f"wrote {out}/factors.csv: the last {tail_size(len(factors))} of {len(factors)} factors "
+         f"carry {100 * last.genetic_share_from_here:.2g}% of the genetic and "
+         f"{100 * last.residual_share_from_here:.2g}% of the residual variance")
+
     loading = sum(s.loading_ss for s in summaries if s.loading_ss is not None) / n_draws
     cols = choose_traits(config, traits, table.h2_mean.to_numpy(), loading)
     names_sub = [traits[j] for j in cols]
@@ -250,7 +274,7 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     report = write_plots_and_report(config, out, names_sub, g_mean, h2_table, diag, names, series,
                                     g_low, g_high, h2_by_effect=shares_table,
                                     subset_note=subset_note if cols.size < t else "",
-                                    matrices=bool(matrices))
+                                    matrices=bool(matrices), factors=factors)
     echo(f"wrote {out}/plots/ and the report: {report}")
     step("summarize: done")
 

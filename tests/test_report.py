@@ -64,6 +64,12 @@ def test_summarize_writes_a_report_with_real_numbers(summarized_run):
     best = h2.loc[h2.h2_mean.idxmax()]
     assert f"| {best.trait} | {best.h2_mean:.3f} |" in text
     assert "Mean genetic correlation magnitude" in text
+    factors = pd.read_csv(summary / "factors.csv")
+    assert factors["rank"].tolist() == list(range(1, raw["model"]["factors"] + 1))
+    assert ((factors.genetic_share_from_here >= 0) & (factors.genetic_share_from_here <= 1)).all()
+    assert "## Number of factors" in text and "(factors.csv)" in text
+    from megalmm_cli.report import factors_verdict
+    assert factors_verdict(factors)[1] in text
     for link in ("(G.csv)", "(h2.csv)", "(diagnostics.csv)", "(plots/trace_worst.png)",
                  "(plots/genetic_correlation.png)", "(plots/h2.png)"):
         assert link in text, link
