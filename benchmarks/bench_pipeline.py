@@ -3,7 +3,7 @@
 Each step is the `megalmm` command in its own process; its wall time, peak resident memory
 (the child's maximum RSS) and the size of what it wrote are recorded. `sample` runs one
 chain with the default posterior (draws of Lambda, f_h2, resid_h2, tot_eta_prec and B1; running
-means of U and eta_hat) storing a draw every 2nd iteration; its s/iteration is the command's
+means of U, U_sd and eta_hat, products in float32) storing a draw every 2nd iteration; its s/iteration is the command's
 own figure (the iterations after the first, which compiles). Writes a table to
 docs/benchmarks.md between the PIPELINE markers, with the machine and the date.
 
