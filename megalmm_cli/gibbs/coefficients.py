@@ -88,7 +88,7 @@ def _blocked_draws(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
     return tot_prec
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, cache=True)
 def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, normals, coefs,
                    block_size):
     """The blocked update of every column in one kernel (arguments as sample_coefficients).
@@ -117,9 +117,7 @@ def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
             beta = coefs[j]
             quad = yty[j]
             for p in range(b):
-                total = 0.0
-                for r in range(b):
-                    total += g[p, r] * beta[r]
+                total = dot(g[p], beta)
                 g_beta[p] = total
                 quad += beta[p] * (total - 2.0 * xty[j, p] + prior_prec[j, p] * beta[p])
             tau = std_gamma[j] / (rate0[j] + 0.5 * max(quad, 0.0))
