@@ -438,17 +438,21 @@ def test_blocked_negative_control_collapsed_shape(blocked_chain):
     assert abs(z_score(mean, d["post"]["e_tau"], se)) > Z_TOL
 
 
+def _many_columns(p, n_cols, rng):
+    """The problem p widened to n_cols columns: (normal equations, the other inputs of
+    sample_coefficients, starting coefficients)."""
+    y_rot = p["y_rot"][:, None] + 0.3 * rng.standard_normal((p["n"], n_cols))
+    grid_index = np.resize(np.array(p["grid_index"] + [3]), n_cols)
+    eqs = grouped_normal_equations(p["x_rot"], y_rot, p["weights"], grid_index)
+    args = (np.tile(p["prior_prec"], (n_cols, 1)), np.full(n_cols, RATE0),
+            rng.standard_gamma(50.0, size=n_cols), rng.standard_normal((n_cols, p["b"])))
+    return eqs, args, rng.standard_normal((n_cols, p["b"]))
+
+
 def test_coefficients_parallel_equals_serial(blocked_chain, collapsed_draws):
     """The prange over columns is race-free: one and several threads give identical draws."""
     for d, n_cols in ((blocked_chain, 8), (collapsed_draws, 64)):
-        p = d["p"]
-        rng = np.random.default_rng(42)
-        y_rot = p["y_rot"][:, None] + 0.3 * rng.standard_normal((p["n"], n_cols))
-        grid_index = np.resize(np.array(p["grid_index"] + [3]), n_cols)
-        eqs = grouped_normal_equations(p["x_rot"], y_rot, p["weights"], grid_index)
-        args = (np.tile(p["prior_prec"], (n_cols, 1)), np.full(n_cols, RATE0),
-                rng.standard_gamma(50.0, size=n_cols), rng.standard_normal((n_cols, p["b"])))
-        start = rng.standard_normal((n_cols, p["b"]))
+        eqs, args, start = _many_columns(d["p"], n_cols, np.random.default_rng(42))
         out = []
         for threads in (1, numba.config.NUMBA_NUM_THREADS):
             coefs = start.copy()
@@ -464,15 +468,7 @@ def test_coefficient_draws_do_not_depend_on_memory_placement(blocked_chain):
     bitwise the same draws: no summation order may depend on where an array lies, or a
     resumed chain would not repeat an uninterrupted one. (A kernel compiled with reassociation
     throughout did depend on it.)"""
-    p = blocked_chain["p"]
-    rng = np.random.default_rng(7)
-    n_cols = 8
-    y_rot = p["y_rot"][:, None] + 0.3 * rng.standard_normal((p["n"], n_cols))
-    grid_index = np.resize(np.array(p["grid_index"] + [3]), n_cols)
-    eqs = grouped_normal_equations(p["x_rot"], y_rot, p["weights"], grid_index)
-    args = (np.tile(p["prior_prec"], (n_cols, 1)), np.full(n_cols, RATE0),
-            rng.standard_gamma(50.0, size=n_cols), rng.standard_normal((n_cols, p["b"])))
-    start = rng.standard_normal((n_cols, p["b"]))
+    eqs, args, start = _many_columns(blocked_chain["p"], 8, np.random.default_rng(7))
     results = set()
     for offset in range(4):
         buffer = np.empty(start.size + 8)
