@@ -142,8 +142,8 @@ def _mirror_upper(acc: np.ndarray, block: int = 1024) -> None:
 @dataclass
 class SubsetFactors:
     """What G and R among a subset of m traits are made of, over S draws (all chains):
-    lam: (m, S, K) loadings of each chosen trait; f_h2: (S, K); g_diag, r_diag: (S, m) the
-    diagonal parts resid_h2 / tot_eta_prec and (1 - resid_h2) / tot_eta_prec."""
+    lam: (m, K, S) loadings of each chosen trait, draws innermost; f_h2: (S, K); g_diag,
+    r_diag: (S, m) the diagonal parts resid_h2 / tot_eta_prec and (1 - resid_h2) / tot_eta_prec."""
 
     lam: np.ndarray
     f_h2: np.ndarray
@@ -159,20 +159,20 @@ class SubsetFactors:
             f_h2.append(d.f_h2)
             g_diag.append(d.resid_h2[:, cols] / d.tot_eta_prec[:, cols])
             r_diag.append((1.0 - d.resid_h2[:, cols]) / d.tot_eta_prec[:, cols])
-        return cls(np.ascontiguousarray(np.concatenate(lam).transpose(2, 0, 1)),
+        return cls(np.ascontiguousarray(np.concatenate(lam).transpose(2, 1, 0)),
                    np.concatenate(f_h2), np.concatenate(g_diag), np.concatenate(r_diag))
 
     def genetic_entries(self, rows, cols) -> np.ndarray:
         """(S, len(rows)) draws of the off-diagonal entries G[rows[i], cols[i]] (subset indices)."""
-        return np.einsum("msk,sk,msk->sm", self.lam[rows], self.f_h2, self.lam[cols])
+        return genetic_entries(self.lam.transpose(2, 1, 0), self.f_h2, rows, cols)
 
     def summary(self, prob: float = 0.95) -> dict:
         """Posterior means and HPD bounds (m, m) of G and R among the subset: "G", "R",
         "G_low", "G_high", "R_low", "R_high". Each entry's S draws are formed and summarised
         in one pass (numba, parallel over rows): no (S, m, m) array is built."""
-        width = max(1, int(np.ceil(prob * self.lam.shape[1])))
-        lam = np.ascontiguousarray(self.lam.transpose(0, 2, 1))        # (m, K, S): draws inner
-        weighted = np.ascontiguousarray(lam * self.f_h2.T[None, :, :])  # lam_l f_h2_l
+        width = max(1, int(np.ceil(prob * self.lam.shape[2])))
+        lam = np.ascontiguousarray(self.lam)
+        weighted = lam * self.f_h2.T[None, :, :]  # lam_l f_h2_l
         out = _subset_summary(lam, weighted, np.ascontiguousarray(self.g_diag.T),
                               np.ascontiguousarray(self.r_diag.T), width)
         return dict(zip(("G", "R", "G_low", "G_high", "R_low", "R_high"), out))
@@ -280,15 +280,16 @@ def effective_factors(lam: np.ndarray, share: float = 0.01) -> np.ndarray:
     return np.sum(ss >= share * total, axis=-1)
 
 
-def ranked_factor_shares(d: Draws) -> tuple[np.ndarray, np.ndarray]:
+def ranked_factor_shares(d: Draws, diag: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each factor's share of the total genetic and of the total residual variance
     (sum_j G_jj and sum_j R_jj), per draw, factors ranked by their share of the total
     variance in that draw (rank 0 the largest): two (s, K) arrays. Factors change places and
-    signs during sampling, so only ranks within a draw are comparable across draws."""
+    signs during sampling, so only ranks within a draw are comparable across draws.
+    diag: trait_diagonals(d), when already computed."""
     squared = (d.lam * d.lam).sum(axis=2)                    # (s, K): sum_j Lambda_lj^2
     genetic = squared * d.f_h2
     residual = squared - genetic
-    diag = trait_diagonals(d)
+    diag = trait_diagonals(d) if diag is None else diag
     g_share = genetic / diag["G_var"].sum(axis=1)[:, None]
     r_share = residual / diag["R_var"].sum(axis=1)[:, None]
     order = np.argsort(-squared, axis=1, kind="stable")

@@ -65,7 +65,7 @@ def summarize_chain(chain: ChainFile) -> ChainSummary:
         out.n_factors.append(effective_factors(d.lam))
         ss = (d.lam * d.lam).sum(axis=(0, 1))
         out.loading_ss = ss if out.loading_ss is None else out.loading_ss + ss
-        g_share, r_share = ranked_factor_shares(d)
+        g_share, r_share = ranked_factor_shares(d, diag)
         out.factor_g = g_share.sum(axis=0) + (0 if out.factor_g is None else out.factor_g)
         out.factor_r = r_share.sum(axis=0) + (0 if out.factor_r is None else out.factor_r)
     return out

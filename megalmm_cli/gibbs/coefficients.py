@@ -96,8 +96,9 @@ def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
     Per column: g beta (b^2), tot_prec given beta, then for each block of m coefficients the
     m x m system g[blk, blk] + diag(prior) with right-hand side xty - g beta + g[blk, blk]
     beta[blk], and the entries of g beta that later blocks read brought up to date by the
-    change (g is symmetric, so its rows serve as columns). Columns are visited sorted by grid point, in contiguous chunks per
-    thread, so that consecutive columns share their Gram matrix in cache.
+    change (g is symmetric, so its rows serve as columns). Columns are visited sorted by grid
+    point, in contiguous chunks per thread, so that consecutive columns share their Gram
+    matrix in cache.
     """
     c, b = xty.shape
     tot_prec = np.empty(c)
