@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .factor_count import AdaptationRule, adapt_factors
 from .faults import kill_point, pause_point
 from .model import Model
 from .accumulate import EMPTY, add_draw
-from .posterior import (RunningMoments, draw, factor_parts, model_u_cells, random_effects,
-                        random_effects_by_effect)
+from .posterior import (RunningMoments, draw, factor_parts, model_u_cells, param_shape,
+                        random_effects, random_effects_by_effect)
 from .sampler import gibbs_iteration, reorder_factors
 from .signals import StopRequested
 from .state import State, initial_state
@@ -107,6 +108,7 @@ def checkpoint_bytes(model: Model, mean_names) -> int:
     per_loading = 2 if model.priors.lambda_type == "ARD" else 4  # Lambda, phi (, prec, nu)
     per_trait = b1 * t + per_loading * k * t + 2 * t              # B1; loadings; prec, h2
     per_factor = 2 * n * k + 3 * k + 4 * b2 * k + 2 * k + 2   # F, U_F_rot; ...; lambda_global
+    per_factor += k + 2                     # factor_share; factor_path before any change of k
     groups = sum(g.rows.size * g.cols.size * (2 if g.miss_rows.size else 1) + g.miss_rows.size
                  for g in model.groups)                    # Y_rot (, U_R_rot), imputed cells
     means = 0
@@ -164,8 +166,19 @@ class RunResult:
     first_seconds: float = 0.0  # the first iteration of this invocation (numba compilation)
 
 
+def _factor_moments(model: Model, moments: dict) -> None:
+    """Empty running moments of the factor-indexed means for the model's k (k changed during
+    burn-in, before any draw was added)."""
+    rows = {"U_F": len(model.ids), "F": model.n}
+    for name, mom in moments.items():
+        if name in rows and mom.mean.shape[1] != model.k:
+            assert mom.count == 0, "k changed after the first stored draw"
+            moments[name] = RunningMoments.empty((rows[name], model.k), mom.m2 is not None)
+
+
 def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed: int, chain: int,
-              progress=None, stop: StopRequested | None = None, draw_dtype=np.float64) -> RunResult:
+              progress=None, stop: StopRequested | None = None, draw_dtype=np.float64,
+              adaptation: AdaptationRule | None = None) -> RunResult:
     """Advance a chain to plan.total iterations, resuming from storage's last checkpoint.
 
     storage: ChainFile or MemoryChain; progress: callable(iterations_done_now) or None.
@@ -173,12 +186,14 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
     and eta_hat); float32 (posterior.dtype) halves their cost. The chain itself is unaffected.
     sample_names: the parameters whose draws are stored, recorded_samples(...) to include
     "U_cells" (dropped when U is not a posterior mean or the chain file has no dataset for it).
+    adaptation: `model.factors: auto` (factor_count.py); model.k is then the starting k, and
+    the sampled parameters' datasets are reshaped to the final k before the first draw.
     """
     draw_dtype = np.dtype(draw_dtype)
     checkpoint = storage.load()
     if checkpoint is None:
         rng, pred_rng = chain_generators(seed, chain)
-        state = initial_state(model, rng, pred_rng)
+        state = initial_state(model, rng, pred_rng, flat_shrinkage=adaptation is not None)
         moments = {name: RunningMoments.empty((len(model.ids), model.t), name != "eta_hat")
                    for name in mean_names if name in ("U", "eta_hat", "U_R")}
         moments.update({name: RunningMoments.empty((len(model.ids), model.k)) for name in mean_names
@@ -192,6 +207,7 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
         state, moments = from_checkpoint(model, checkpoint)
         n_draws, elapsed = checkpoint.n_draws, checkpoint.elapsed
         first_total, runs = checkpoint.first_seconds, checkpoint.runs
+        model = model.with_factors(state.Lambda.shape[0])  # k as adapted before the checkpoint
 
     sample_names = _storable(storage, sample_names)
     if "U_cells" in sample_names and "U" not in moments:  # U_cells come with the mean of U
@@ -208,9 +224,14 @@ def run_chain(model: Model, storage, plan: Plan, sample_names, mean_names, seed:
                 first_seconds = time.perf_counter() - started
                 first_total, runs = first_total + first_seconds, runs + 1
             it = state.iteration
+            if adaptation is not None and it <= min(adaptation.last_iteration, plan.burn_in):
+                model = adapt_factors(model, state, adaptation)
+                _factor_moments(model, moments)
             if it <= plan.burn_in and plan.reorder_every and it % plan.reorder_every == 0:
                 reorder_factors(model, state)
             if it > plan.burn_in and (it - plan.burn_in) % plan.thin == 0:
+                if n_draws == 0 and hasattr(storage, "fit_samples"):  # k is final now
+                    storage.fit_samples({name: param_shape(model, name) for name in sample_names})
                 storage.append(n_draws, _record(model, state, sample_names, moments, u_cells,
                                                 draw_dtype))
                 n_draws += 1

@@ -356,6 +356,7 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
     import numpy as np
 
     from .chain import Plan, chain_file_bytes, recorded_samples, run_chain
+    from .factor_count import adaptation_rule
     from .posterior import param_shape
     from .prepare import load_model
     from .rawh5 import remove_stale_temporaries
@@ -399,10 +400,18 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
     shapes = {name: param_shape(model, name) for name in names}
     capacity = max(plan.draws(target), done.n_draws if done is not None else 0)
     dtype = cfg.posterior.dtype
-    size = chain_file_bytes(model, shapes, capacity, dtype, cfg.posterior.means)
+    adaptation = adaptation_rule(cfg.model.factors, model.t, plan.burn_in)
+    largest = model if adaptation is None else model.with_factors(adaptation.max_factors)
+    size = chain_file_bytes(largest, {name: param_shape(largest, name) for name in names},
+                            capacity, dtype, cfg.posterior.means)
     _check_disk(path, size, done is not None and done.capacity != capacity)
-    _echo(f"chain {number}: chain file {_human(size)} ({capacity} draws of "
+    bound = "" if adaptation is None else f"at most (with {adaptation.max_factors} factors) "
+    _echo(f"chain {number}: chain file {bound}{_human(size)} ({capacity} draws of "
           f"{', '.join(shapes)} as {dtype}, two checkpoints of the state) in {path}")
+    if adaptation is not None and (done is None or done.iteration == 0):
+        _echo(f"chain {number}: number of factors chosen during the first "
+              f"{adaptation.last_iteration} iterations of burn-in, starting from {model.k} "
+              f"(at most {adaptation.max_factors})")
     if done is None:
         storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
                         "burn_in": plan.burn_in, "thin": plan.thin}, shapes, capacity, dtype, target)
@@ -419,7 +428,7 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
         result = run_chain(model, storage, plan, names, cfg.posterior.means,
                            cfg.run.seed, number,
                            progress=(lambda i: bar.update_to(at + i)) if bar is not None else None,
-                           stop=stop, draw_dtype=cfg.posterior.dtype)
+                           stop=stop, draw_dtype=cfg.posterior.dtype, adaptation=adaptation)
     finally:
         stop.sampling = False
         if bar is not None:

@@ -19,7 +19,7 @@ import yaml
 from .config_schema import (
     TABLE_SUFFIXES, KINSHIP_SUFFIXES, PLINK_SUFFIXES, MAX_RANDOM_EFFECTS,
     POSTERIOR_SAMPLES, POSTERIOR_MEANS, RunConfig, PhenotypesConfig, CovariatesConfig,
-    KinshipConfig, TestCellsConfig, DataConfig, ModelConfig, LambdaPrior, B2Prior,
+    KinshipConfig, TestCellsConfig, DataConfig, FactorAdaptation, ModelConfig, LambdaPrior, B2Prior,
     H2Prior, PriorsConfig, MissingDataConfig, McmcConfig, PosteriorConfig, SummaryConfig,
 )
 from .errors import UserError
@@ -415,7 +415,7 @@ def _parse_model(ck: _Checker, raw, data: DataConfig) -> ModelConfig:
         "fixed": ck.formula,
         "factor_fixed": _optional(ck.formula),
         "random": partial(ck.text_list, allow_int=True),
-        "factors": partial(ck.integer, minimum=1),
+        "factors": partial(_parse_factors, ck),
         "h2_divisions": partial(ck.integer, minimum=2),
         "scale_y": ck.boolean,
     })
@@ -434,6 +434,24 @@ def _parse_model(ck: _Checker, raw, data: DataConfig) -> ModelConfig:
             ck.fail(f"model.random[{i}]", f"{name!r} is not a key of data.kinships; "
                                           f"{_suggest(name, names)}")
     return model
+
+
+def _parse_factors(ck: _Checker, raw, key: str):
+    """model.factors: an integer k, `auto`, or a mapping {start, max, epsilon}."""
+    if raw == "auto":
+        return FactorAdaptation()
+    if isinstance(raw, dict):
+        adaptation = _build(ck, FactorAdaptation, raw, key, {
+            "start": _optional(partial(ck.integer, minimum=1)),
+            "max": _optional(partial(ck.integer, minimum=1)),
+            "epsilon": partial(ck.number, low=0, high=1)})
+        if None not in (adaptation.start, adaptation.max) and adaptation.max < adaptation.start:
+            ck.fail(_join(key, "max"), f"must be >= start ({adaptation.start}), got {adaptation.max}")
+        return adaptation
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return ck.integer(raw, key, minimum=1)
+    ck.fail(key, f"must be an integer >= 1, `auto`, or a mapping {{start: .., max: ..}}, "
+                 f"got {_show(raw)}")
 
 
 def _parse_priors(ck: _Checker, raw) -> PriorsConfig:

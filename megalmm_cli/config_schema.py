@@ -74,11 +74,20 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class FactorAdaptation:
+    """`model.factors: auto` or {start, max, epsilon}: k chosen during burn-in (factor_count.py).
+    start/max None: chosen from the number of traits (factor_count.factor_range)."""
+    start: int | None = None
+    max: int | None = None
+    epsilon: float = 1e-3
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     fixed: str = "~ 1"
     factor_fixed: str | None = None
     random: tuple[str, ...] = ()  # load_config always fills it (default: see docs/config.md)
-    factors: int = 20
+    factors: int | FactorAdaptation = 20  # a FactorAdaptation for `auto` or a mapping
     h2_divisions: int = 20
     scale_y: bool = True
 

@@ -82,9 +82,13 @@ def run_export(config: Config, output: Path | None = None, echo=print, warn=None
     effect_names = read_effect_names(config)
     names = chains[0].sample_names()
     shapes = {}
-    with chains[0]._open() as f:
-        for name in names:
-            shapes[name] = (f["samples"][name].shape[1:], f["samples"][name].dtype)
+    for chain in chains:  # the widest shape over chains (their k may differ: factors: auto)
+        with chain._open() as f:
+            for name in names:
+                shape, dtype = f["samples"][name].shape[1:], f["samples"][name].dtype
+                if name in shapes:
+                    shape = tuple(max(a, b) for a, b in zip(shape, shapes[name][0]))
+                shapes[name] = (shape, dtype)
     k = shapes["Lambda"][0][0] if "Lambda" in shapes else 0
     n_effects = len(effect_names)
 
@@ -135,7 +139,7 @@ def run_export(config: Config, output: Path | None = None, echo=print, warn=None
                         data = f["samples"][name]
                         for start in range(0, draws, CHUNK_DRAWS):
                             stop = min(draws, start + CHUNK_DRAWS)
-                            var[c, start:stop] = data[start:stop].astype(dtype)
+                            var[c, start:stop] = _widened(data[start:stop].astype(dtype), shape)
                     done += 1
                     if progress is not None:
                         progress(done, total, f"export: {name}, chain {c + 1}")
@@ -152,6 +156,16 @@ def run_export(config: Config, output: Path | None = None, echo=print, warn=None
          f"trait h2, G_var, R_var ({size / 1e6:.1f} MB); open it with arviz.from_netcdf or "
          "xarray.open_datatree")
     return path
+
+
+def _widened(block: np.ndarray, shape: tuple) -> np.ndarray:
+    """(s, *shape) block: a chain's draws padded with NaN where that chain has fewer factors
+    than the widest chain."""
+    if block.shape[1:] == tuple(shape):
+        return block
+    out = np.full((block.shape[0], *shape), np.nan, dtype=block.dtype)
+    out[(slice(None), *(slice(0, d) for d in block.shape[1:]))] = block
+    return out
 
 
 def _write_derived(chains, draws, post, stats, variable, n_effects, config) -> None:

@@ -6,7 +6,7 @@ observed training cell); individuals without any are predicted by conditioning o
 training rows' random effects through the kinship (`Projection`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -124,6 +124,10 @@ class Model:
     @property
     def n_effects(self) -> int:
         return self.grid.shape[1]
+
+    def with_factors(self, k: int) -> "Model":
+        """The same model with k factors (`model.factors: auto` changes k during burn-in)."""
+        return self if k == self.k else replace(self, k=int(k))
 
     @property
     def n(self) -> int:

@@ -113,3 +113,20 @@ def h2_plot(path, h2_mean, low, high, traits) -> None:
     fig.tight_layout()
     fig.savefig(Path(path), dpi=100)
     plt.close(fig)
+
+
+def factor_count_plot(path, paths: dict) -> None:
+    """The number of factors over burn-in (`model.factors: auto`), one step line per chain;
+    paths: chain number -> (changes + 1, 2) array of (iteration, k)."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.5))
+    for chain, steps in sorted(paths.items()):
+        steps = np.asarray(steps).reshape(-1, 2)
+        ax.step(steps[:, 0], steps[:, 1], where="post", lw=1.0, label=f"chain {chain}")
+    ax.set_xlabel("iteration (burn-in)")
+    ax.set_ylabel("number of factors k")
+    ax.set_title("Number of factors chosen during burn-in")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=100)
+    plt.close(fig)

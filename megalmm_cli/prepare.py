@@ -16,11 +16,13 @@ import numpy as np
 
 from . import FORMAT_VERSION, __version__
 from .config import Config, config_to_dict
+from .config_schema import FactorAdaptation
 from .data import align_individuals, load_covariates, load_phenotypes, load_test_cells
 from .kinship import load_kinship
 from .design import fixed_design, formula_variables, level_kinship, missing_data_groups
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
+from .factor_count import factor_range
 from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count
 from .lock import prepare_lock
 from .rawh5 import install, remove_stale_temporaries, temporary_path
@@ -75,10 +77,22 @@ class Inputs:
 
 
 def check_factors(config: Config, n_traits: int) -> None:
-    if config.model.factors > n_traits:
-        raise UserError(
-            f"{config.path.name}: model.factors: {config.model.factors} factors for {n_traits} "
-            f"traits; use at most {n_traits} (more factors than traits cannot be identified)")
+    setting = config.model.factors
+    if isinstance(setting, FactorAdaptation):
+        given = {f"model.factors.{key}": getattr(setting, key) for key in ("start", "max")
+                 if getattr(setting, key) is not None}
+    else:
+        given = {"model.factors": setting}
+    for key, value in given.items():
+        if value > n_traits:
+            raise UserError(
+                f"{config.path.name}: {key}: {value} factors for {n_traits} traits; use at "
+                f"most {n_traits} (more factors than traits cannot be identified)")
+
+
+def starting_factors(config: Config, n_traits: int) -> int:
+    """k of the model (the starting k for `model.factors: auto`)."""
+    return factor_range(config.model.factors, n_traits)[0]
 
 
 def load_inputs(config: Config) -> Inputs:
@@ -406,7 +420,8 @@ def load_model(config: Config, cache_in_memory: bool | None = None) -> Model:
         return Model(
             ids=tuple(s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]),
             traits=tuple(s.decode() if isinstance(s, bytes) else s for s in f["traits"][()]),
-            n_train=int(f.attrs["n_train"]), k=config.model.factors, y_std=f["y_std"][()],
+            n_train=int(f.attrs["n_train"]), k=starting_factors(config, len(f["traits"])),
+            y_std=f["y_std"][()],
             trait_mean=f["trait_mean"][()], trait_sd=f["trait_sd"][()], x1_all=f["x1_all"][()],
             x1_names=tuple(s.decode() if isinstance(s, bytes) else s for s in f["x1_names"][()]),
             x2_all=f["x2_all"][()], grid=grid,
@@ -513,7 +528,8 @@ def _prepare(config: Config, inputs: Inputs, path: Path, max_memory, progress, e
                                      slice_count(n_effects, config.model.h2_divisions), n_effects)
     model = build_model(
         inputs.ids, inputs.traits, inputs.values, list(inputs.kinships), inputs.x1,
-        inputs.x1_names, inputs.x2, config.model.factors, config.model.h2_divisions,
+        inputs.x1_names, inputs.x2, starting_factors(config, len(inputs.traits)),
+        config.model.h2_divisions,
         priors_from_config(config), trait_groups=groups, scale_y=config.model.scale_y,
         resid_h2_prior=config.priors.h2_prior.resid,
         factor_h2_prior=config.priors.h2_prior.factors,

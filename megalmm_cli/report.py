@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config_schema import FactorAdaptation
+from .factor_count import describe_setting, factor_range
 from .plots import correlation
 
 TAIL_SHARE_LIMIT = 0.01  # the last factors carry more than this: k may be too small
@@ -35,6 +37,8 @@ class ReportInfo:
     accuracy: pd.DataFrame | None = None   # predictions/test_accuracy.csv, when predict wrote it
     samples: int = 0               # sampling iterations per chain (after burn-in)
     factors: pd.DataFrame | None = None    # summary/factors.csv (summarize.factor_table)
+    factor_paths: dict = field(default_factory=dict)  # `factors: auto`: chain -> (iteration, k) rows
+    factor_max: int | None = None          # `factors: auto`: the largest k allowed
 
 
 def more_iterations(min_ess: float, samples: int) -> int | None:
@@ -198,11 +202,12 @@ def _effects_section(info: ReportInfo) -> list:
     return lines + _table(["effect", "median share", "lowest", "highest"], rows) + [""]
 
 
-def factors_verdict(factors: pd.DataFrame) -> tuple[bool, str]:
+def factors_verdict(factors: pd.DataFrame, factor_max: int | None = None) -> tuple[bool, str]:
     """Whether K looks large enough, and the report's sentence saying so: the last 10% of the
     factors (ranked by size in each draw, at least one) should carry at most
     TAIL_SHARE_LIMIT of the genetic and of the residual variance; with the shrinkage prior,
-    factors beyond those the data need are shrunk towards zero and carry almost nothing."""
+    factors beyond those the data need are shrunk towards zero and carry almost nothing.
+    factor_max: with `model.factors: auto`, the largest k allowed (the advice differs)."""
     from .covariance import tail_size
 
     k = len(factors)
@@ -212,17 +217,34 @@ def factors_verdict(factors: pd.DataFrame) -> tuple[bool, str]:
     what = (f"the last {last} of {k} factors (ranked by size in each draw) carry "
             f"{100 * g:.2g}% of the genetic and {100 * r:.2g}% of the residual variance")
     if max(g, r) > TAIL_SHARE_LIMIT:
+        if factor_max is None:
+            advice = f"Run again with a larger `model.factors` (for example {2 * k})."
+        elif k >= factor_max:
+            advice = (f"k reached `model.factors.max` ({factor_max}): run again with a larger "
+                      f"max (for example {2 * factor_max}).")
+        else:
+            advice = ("Run again with a smaller `model.factors.epsilon` (factors are then "
+                      "dropped less readily), or a fixed `model.factors` of at least "
+                      f"{2 * k}.")
         return False, (f"**k may be too small**: {what} (more than {100 * TAIL_SHARE_LIMIT:g}%). "
-                       f"Run again with a larger `model.factors` (for example {2 * k}).")
+                       + advice)
     return True, f"**k looks large enough**: {what}."
 
 
 def _factors_section(info: ReportInfo) -> list:
     if info.factors is None or not len(info.factors):
         return []
-    _, sentence = factors_verdict(info.factors)
-    return ["## Number of factors", "", sentence,
-            "Each factor's share is in [factors.csv](factors.csv).", ""]
+    from .factor_count import describe_path
+
+    _, sentence = factors_verdict(info.factors, info.factor_max)
+    lines = ["## Number of factors", ""]
+    if info.factor_paths:
+        lines += ["k was chosen during burn-in (`model.factors: auto`) and then kept fixed "
+                  "([plot](plots/factor_count.png)); per chain, the starting and the final k, "
+                  "the range over burn-in, the changes and the last change:", ""]
+        lines += [f"- chain {c}: {describe_path(p)}" for c, p in sorted(info.factor_paths.items())]
+        lines += [""]
+    return lines + [sentence, "Each factor's share is in [factors.csv](factors.csv).", ""]
 
 
 def _genetic_section(info: ReportInfo) -> list:
@@ -307,6 +329,19 @@ def chain_facts(paths) -> list:
     return facts
 
 
+def chain_factor_paths(paths) -> dict:
+    """Chain number -> (iteration, k) rows of its number of factors over burn-in."""
+    from .storage import ChainFile
+
+    out = {}
+    for path in paths:
+        chain = ChainFile(path)
+        steps = chain.read_state_array("factor_path")
+        if steps is not None:
+            out[int(chain.attrs().get("chain", len(out) + 1))] = steps
+    return out
+
+
 def _read_accuracy(config) -> pd.DataFrame | None:
     """predictions/test_accuracy.csv when `megalmm predict` wrote it after the last sample."""
     path = Path(config.run.output_dir) / "predictions" / "test_accuracy.csv"
@@ -338,16 +373,22 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
     plots.h2_plot(plot_dir / "h2.png", h2_table.h2_mean, h2_table.hpd_low, h2_table.hpd_high,
                   list(h2_table.trait))
     m = config.mcmc
+    factor_paths, factor_max = {}, None
+    if isinstance(config.model.factors, FactorAdaptation):
+        factor_paths = chain_factor_paths(chains_for_reading(config))
+        factor_max = factor_range(config.model.factors, len(traits))[1]
+        if factor_paths:
+            plots.factor_count_plot(plot_dir / "factor_count.png", factor_paths)
     info = ReportInfo(
         run_name=config.run.name, data=data_facts(prepared_path(config)),
-        settings={"factors": config.model.factors, "h2_divisions": config.model.h2_divisions,
+        settings={"factors": describe_setting(config.model.factors, len(traits)), "h2_divisions": config.model.h2_divisions,
                   "burn_in": m.burn_in, "samples": m.samples, "thin": m.thin, "chains": m.chains,
                   "seed": config.run.seed},
         chains=chain_facts(chains_for_reading(config)), diagnostics=diag, h2=h2_table,
         genetic=genetic, traits=list(traits), g_low=g_low, g_high=g_high,
         h2_by_effect=h2_by_effect, subset_note=subset_note, accuracy=_read_accuracy(config),
         samples=max([c["iteration"] - m.burn_in for c in chain_facts(chains_for_reading(config))] + [0]),
-        factors=factors,
+        factors=factors, factor_paths=factor_paths, factor_max=factor_max,
         links={"Genetic covariance G (G.csv)": "G.csv", "Residual covariance R (R.csv)": "R.csv",
                "Per trait: h2, variances, intervals (traits.csv)": "traits.csv",
                **({"G, R and genetic correlations of every trait (matrices.h5)": "matrices.h5"}
@@ -362,6 +403,8 @@ def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, n
                "Trace plots of the worst-mixing parameters": "plots/trace_worst.png",
                "Genetic correlation heatmap": "plots/genetic_correlation.png",
                "h2 per trait": "plots/h2.png",
+               **({"Number of factors over burn-in": "plots/factor_count.png"}
+                  if factor_paths else {}),
                **({"Share of each random effect (h2_by_effect.csv)": "h2_by_effect.csv"}
                   if h2_by_effect is not None else {})})
     return write_report(out / "report.md", info)

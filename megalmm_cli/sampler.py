@@ -358,6 +358,7 @@ def reorder_factors(model: Model, state: State) -> np.ndarray:
         setattr(state, name, getattr(state, name)[:, order])
     state.b2_global2 = state.b2_global2[order]
     state.b2_global_xi = state.b2_global_xi[order]
+    state.factor_share = state.factor_share[order]
     cum = np.cumprod(state.delta)[:, None]
     if model.priors.lambda_type == "ARD":
         state.lambda_prec = state.lambda_phi * cum

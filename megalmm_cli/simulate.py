@@ -128,9 +128,11 @@ def _missing_mask(rng: np.random.Generator, n_pheno: int, t: int, missing: float
 
 
 def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
-                  n_markers: int = 2000, n_new: int = 0, n_blocks: int = 0) -> Simulation:
+                  n_markers: int = 2000, n_new: int = 0, n_blocks: int = 0,
+                  loading_decay: float = 0.8) -> Simulation:
     """Draw a data set of n individuals (the last n_new unphenotyped), t traits, k true factors
-    and n_markers markers. All randomness comes from numpy.random.default_rng(seed); the block
+    and n_markers markers; factor l's loadings have sd loading_decay^l. All randomness comes
+    from numpy.random.default_rng(seed); the block
     effect (n_blocks > 0) from default_rng([seed, 1]), so the rest does not change with it."""
     n, t, k, n_markers, n_new = int(n), int(t), int(k), int(n_markers), int(n_new)
     missing = float(missing)
@@ -175,7 +177,7 @@ def simulate_data(n: int, t: int, k: int, missing: float = 0.2, seed: int = 1,
     nonzero = rng.random((k, t)) < 0.4
     empty = np.flatnonzero(~nonzero.any(axis=1))
     nonzero[empty, rng.integers(0, t, size=empty.size)] = True
-    scale_l = 0.8 ** np.arange(k)
+    scale_l = float(loading_decay) ** np.arange(k)
     Lambda = np.where(nonzero, rng.standard_normal((k, t)) * scale_l[:, None], 0.0)
 
     # residual LMM per trait

@@ -38,14 +38,30 @@ class State:
     Y: list                   # [(n_g, t_g)]
     Y_rot: list               # [(n_g, t_g)] Q_g' Y_g
     U_R_rot: list             # [(n_g, t_g)]
+    # (changes + 1, 2) int: (iteration, k) at the start and after each change of the number of
+    # factors (`model.factors: auto`, factor_count.py)
+    factor_path: np.ndarray = None
+    factor_share: np.ndarray = None  # (k,) running mean share of the variance (factors: auto)
+
+    def __post_init__(self):
+        k = self.Lambda.shape[0]
+        if self.factor_path is None:
+            self.factor_path = np.array([[0, k]], dtype=np.int64)
+        if self.factor_share is None:
+            self.factor_share = np.full(k, np.nan)
 
     def array_fields(self) -> dict:
         """Arrays that make up the checkpoint (lists of per-group arrays included)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("iteration", "rng", "pred_rng")}
 
 
-def initial_state(model: Model, rng: np.random.Generator, pred_rng: np.random.Generator) -> State:
-    """Starting values: precisions and loadings from their priors, h2 uniform on the grid."""
+def initial_state(model: Model, rng: np.random.Generator, pred_rng: np.random.Generator,
+                  flat_shrinkage: bool = False) -> State:
+    """Starting values: precisions and loadings from their priors, h2 uniform on the grid.
+
+    flat_shrinkage: delta_h = 1 for h > 1 (every factor starts at the first one's prior scale),
+    as `model.factors: auto` starts; from the prior, the later factors of a large starting k
+    would start near zero and be dropped before the data could fill them."""
     n, t, k = model.n, model.t, model.k
     b1, b2 = model.x1_all.shape[1], model.x2_all.shape[1]
     p = model.priors
@@ -57,6 +73,8 @@ def initial_state(model: Model, rng: np.random.Generator, pred_rng: np.random.Ge
     ])
     if p.lambda_type == "horseshoe":
         delta[0] = 1.0
+    if flat_shrinkage:
+        delta[1:] = 1.0
     lambda_phi = np.ones((k, t))
     lambda_prec = lambda_phi * np.cumprod(delta)[:, None]
     Lambda = rng.standard_normal((k, t)) / np.sqrt(lambda_prec * tot_eta_prec[None, :])

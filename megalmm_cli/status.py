@@ -6,11 +6,13 @@ from datetime import datetime, timezone
 
 from .config import Config
 from .errors import UserError
+from .factor_count import describe_path
 from .lock import is_stale, read_lock
 from .runinfo import chain_path, chains_dir
 from .storage import ChainFile
 
-HEADER = ("chain", "iterations", "draws", "last checkpoint (UTC)", "s/iteration", "process")
+HEADER = ("chain", "iterations", "draws", "factors", "last checkpoint (UTC)", "s/iteration",
+          "process")
 
 
 def _chain_numbers(config: Config) -> list[int]:
@@ -44,7 +46,7 @@ def chain_status(config: Config) -> list[dict]:
     for number in _chain_numbers(config):
         path = chain_path(config, number)
         row = {"chain": number, "iteration": 0, "planned": configured, "n_draws": 0,
-               "checkpoint": None, "seconds_per_iteration": None, "process": _holder(path)}
+               "factors": None, "checkpoint": None, "seconds_per_iteration": None, "process": _holder(path)}
         if path.exists():
             chain = ChainFile(path)
             try:
@@ -56,6 +58,11 @@ def chain_status(config: Config) -> list[dict]:
                 row["iteration"], row["n_draws"] = done, progress.n_draws
                 row["planned"] = max(progress.target or configured, done)
                 row["seconds_per_iteration"] = progress.seconds_per_iteration
+                try:
+                    path_k = chain.read_state_array("factor_path")
+                except (UserError, OSError, KeyError):  # being rewritten this instant
+                    path_k = None
+                row["factors"] = describe_path(path_k) if path_k is not None else None
             row["checkpoint"] = datetime.fromtimestamp(
                 os.path.getmtime(path), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         rows.append(row)
@@ -75,6 +82,6 @@ def format_status(rows: list[dict]) -> str:
 
     table = [HEADER] + [(
         str(r["chain"]), f"{cell(r['iteration'])}/{r['planned']}", cell(r["n_draws"]),
-        r["checkpoint"] or "-", _seconds(r["seconds_per_iteration"]), r["process"]) for r in rows]
+        r.get("factors") or "-", r["checkpoint"] or "-", _seconds(r["seconds_per_iteration"]), r["process"]) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table)

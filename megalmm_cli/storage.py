@@ -289,6 +289,19 @@ class ChainFile:
         elif target != progress.target:
             self._write_commit_record(target=target)
 
+    def fit_samples(self, shapes: dict) -> None:
+        """Give /samples/<name> the per-draw shape shapes[name] where it has another one (k was
+        chosen during burn-in); only while no draw is committed. A rewrite of the file."""
+        layout = self.layout()
+        changed = {name: tuple(shape) for name, shape in shapes.items()
+                   if f"samples/{name}" in layout.shapes
+                   and tuple(layout.shapes[f"samples/{name}"][1:]) != tuple(shape)}
+        if not changed:
+            return
+        if self.progress().n_draws:
+            raise ValueError("the draws' shapes cannot change once draws are committed")
+        self._rewrite(sample_shapes=changed)
+
     # -- draws and checkpoints ----------------------------------------------------------------
     def append(self, row: int, values: dict) -> None:
         """Write one draw into row `row` of /samples (beyond the committed ones: it counts
@@ -383,13 +396,14 @@ class ChainFile:
             os.close(fd)
 
     def _rewrite(self, capacity: int | None = None, target: int | None = None,
-                 checkpoint: Checkpoint | None = None) -> None:
+                 checkpoint: Checkpoint | None = None, sample_shapes: dict | None = None) -> None:
         """Write the chain anew under a temporary name, then rename it over this file.
 
         capacity/target: new rows of /samples and target; both buffers and the committed
         draws are copied as they are. checkpoint: a commit whose state has other shapes than
         the buffers (the first commit, or a changed model): the new file holds its draws
-        (appended to this file) and this state in state_a.
+        (appended to this file) and this state in state_a. sample_shapes: new per-draw shapes
+        of some /samples datasets (their rows are not copied).
         """
         current = self._current
         layout = self.layout()
@@ -404,6 +418,8 @@ class ChainFile:
             attrs = {k: v for k, v in old.attrs.items() if k not in ("capacity", "state_signature")}
             shapes = {name: d.shape[1:] for name, d in old["samples"].items()}
             dtype = np.dtype(next(iter(old["samples"].values())).dtype) if shapes else np.dtype("f8")
+        reshaped = set(sample_shapes or ())
+        shapes.update(sample_shapes or {})
         self._build(tmp, attrs, shapes, capacity, dtype, signature)
         new_layout = _read_layout(tmp)
         fd_old = os.open(self.path, os.O_RDONLY)
@@ -414,13 +430,13 @@ class ChainFile:
                 seq, active, iteration, n_draws = (int(commit[i]) for i in (1, 2, 3, 4))
                 written = max([n_draws] + [int(h[3]) for h in
                                            (_header(fd_old, layout, b) for b in BUFFERS) if h is not None])
-                for name in shapes:
+                for name in sorted(set(shapes) - reshaped):
                     _copy_rows(fd_old, layout, fd, new_layout, name, min(written, capacity))
                 for buffer in layout.buffers:
                     _copy_buffer(fd_old, layout, fd, new_layout, buffer)
                 state = None
             else:
-                for name in shapes:
+                for name in sorted(set(shapes) - reshaped):
                     _copy_rows(fd_old, layout, fd, new_layout, name, checkpoint.n_draws)
                 seq = max(int(_commit_record(fd_old, layout)[1]),
                           current.seq if current is not None else 0) + 1
@@ -487,6 +503,18 @@ class ChainFile:
             if name not in f["samples"]:
                 raise KeyError(name)
             return f["samples"][name][:n]
+
+    def read_state_array(self, name: str) -> np.ndarray | None:
+        """One array of the committed checkpoint's state (None before the first checkpoint or
+        when the state has no such array), read alone and without its checksum: for display
+        (status, report), never for resuming."""
+        with self._reader() as (fd, layout):
+            active = int(_commit_record(fd, layout)[2])
+        if not active:
+            return None
+        path = f"{BUFFERS[active - 1]}/arrays/{name}"
+        with self._open() as f:
+            return f[path][()] if path in f else None
 
     def read_means(self) -> dict:
         cp = self.load()

@@ -75,11 +75,22 @@ def factor_table(summaries: list, n_draws: int) -> pd.DataFrame:
     """factors.csv: per factor rank (1 = the largest in each draw), the posterior mean share
     of the total genetic and residual variance it carries, and the shares of all factors
     from that rank on (the "last factors" of the diagnostic)."""
-    g = sum(s.factor_g for s in summaries if s.factor_g is not None) / n_draws
-    r = sum(s.factor_r for s in summaries if s.factor_r is not None) / n_draws
+    # chains may end with different numbers of factors (`model.factors: auto`): a rank that
+    # a chain does not have carries nothing there
+    g = _padded_sum([s.factor_g for s in summaries]) / n_draws
+    r = _padded_sum([s.factor_r for s in summaries]) / n_draws
     return pd.DataFrame({"rank": np.arange(1, g.size + 1), "genetic_share": g,
                          "residual_share": r, "genetic_share_from_here": np.cumsum(g[::-1])[::-1],
                          "residual_share_from_here": np.cumsum(r[::-1])[::-1]})
+
+
+def _padded_sum(arrays: list) -> np.ndarray:
+    """Sum of 1-d arrays of different lengths, each padded with zeros to the longest."""
+    arrays = [a for a in arrays if a is not None]
+    total = np.zeros(max(a.size for a in arrays))
+    for a in arrays:
+        total[:a.size] += a
+    return total
 
 
 def by_chain(per_chain: list) -> np.ndarray:

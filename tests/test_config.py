@@ -244,8 +244,8 @@ BAD = [
     # wrong types
     (DATA + "mcmc: {thin: two}\n", "run.yaml: mcmc.thin: must be an integer >= 1, got 'two'"),
     (DATA + "mcmc: {samples: '100'}\n", "run.yaml: mcmc.samples: must be an integer >= 1, got '100'"),
-    (DATA + "model: {factors: true}\n", "run.yaml: model.factors: must be an integer >= 1, got true"),
-    (DATA + "model: {factors: 2.5}\n", "run.yaml: model.factors: must be an integer >= 1, got 2.5"),
+    (DATA + "model: {factors: true}\n", "run.yaml: model.factors: must be an integer >= 1, `auto`, or a mapping {start: .., max: ..}, got true"),
+    (DATA + "model: {factors: 2.5}\n", "run.yaml: model.factors: must be an integer >= 1, `auto`, or a mapping {start: .., max: ..}, got 2.5"),
     (DATA + "priors: {lambda: {df: yes}}\n", "run.yaml: priors.lambda.df: must be a number > 0, got true"),
     (DATA + "priors: {lambda: {df: .nan}}\n", "run.yaml: priors.lambda.df: must be a number > 0, got nan"),
     (DATA + "model: {scale_y: 1}\n", "run.yaml: model.scale_y: must be true or false, got 1"),
