@@ -115,9 +115,12 @@ def main():
 @click.option("--factors", default=None, type=int, help="Factors in the written config [default: max(2k, k + 5), at most t].")
 @click.option("--blocks", default=0, show_default=True,
               help="Levels of a second random effect (a Block column); 0 = one random effect.")
+@click.option("--loading-decay", default=0.8, show_default=True,
+              help="Factor l's loadings have sd decay^l (near 1: factors of similar size).")
 @click.option("--seed", default=1, show_default=True, help="Random seed.")
 @verbose_option
-def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, blocks, seed, verbose):
+def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, blocks, loading_decay, seed,
+             verbose):
     """Simulate a data set from the MegaLMM model, with its truth and a ready config.
 
     Writes phenotypes.csv (wide), covariates.csv, genotypes.csv (0/1/2), kinship.csv,
@@ -139,8 +142,10 @@ def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, blocks, seed, 
             raise UserError("--n, --t, --k must be >= 1 and 0 <= --n-new < --n")
         if blocks < 0:
             raise UserError(f"--blocks: must be >= 0, got {blocks}")
+        if not 0 < loading_decay <= 1:
+            raise UserError(f"--loading-decay: must be in (0, 1], got {loading_decay}")
         sim = simulate_data(n, t, k, missing=missing, seed=seed, n_markers=n_markers, n_new=n_new,
-                            n_blocks=blocks)
+                            n_blocks=blocks, loading_decay=loading_decay)
         paths = write_simulation(sim, Path(outdir), factors=factors)
         _echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
               f"{missing:.0%} missing) to {outdir}/; config: {paths['config']}")

@@ -1,18 +1,20 @@
 """`model.factors: auto`: the number of factors adapted during burn-in, then frozen.
 
-The adaptive Gibbs sampler of Bhattacharya & Dunson (2011) for shrinkage factor models: after
-iteration i of the adaptation window, with probability exp(-(ADAPT_B0 + ADAPT_B1 i)), the
-negligible factors are dropped, all but the SPARE largest of them; when fewer than SPARE are
-negligible, factors are added (at least GROWTH k of them, so that a large k is reached in few
-steps; surplus ones empty and are dropped again). B&D keep no spare factors (drop all
-negligible ones, add one when none is); the spares keep k from settling one factor short
-when the weakest real factor dips below the threshold in the draw that decides.
+After the adaptive Gibbs sampler of Bhattacharya & Dunson (2011) for shrinkage factor models.
+After iteration i of the adaptation window (the first FREEZE_FRACTION of burn-in), with
+probability exp(-(ADAPT_B0 + ADAPT_B1 i)):
+- the negligible factors are dropped, all but the SPARE largest of them;
+- when fewer than SPARE are negligible, factors are added, at least GROWTH k of them, so that
+  a large k is reached in few steps (surplus ones empty and are dropped again).
+B&D keep no spares (drop all negligible factors, add one when none is); the spares keep k
+from settling one short when the weakest real factor dips below the threshold.
+
 Negligible: the factor carries on average less than `epsilon` of a trait's variance
-(lambda_lj^2 mean_i F_il^2 against trait j's total variance sum_l lambda_lj^2 mean_i F_il^2 +
-1 / tot_eta_prec_j: no dependence on the traits' units, and a factor that matters for a few
-traits only is kept), in a running average over the window's draws (weight SMOOTHING for the
-newest): decided on one draw, k jumps by several factors from one step to the next. k is frozen after the first
-FREEZE_FRACTION of burn-in, so the stored chain is an ordinary Gibbs chain of a fixed-k model.
+(lambda_lj^2 mean_i F_il^2 against trait j's total variance sum_l lambda_lj^2 mean_i F_il^2
++ 1 / tot_eta_prec_j: no dependence on the traits' units, and a factor that matters for a
+few traits only is kept), in a running average over the window's draws (weight SMOOTHING
+for the newest); decided on one draw, k jumps by several factors from one step to the next.
+From the freeze on, the chain is an ordinary Gibbs chain of a fixed-k model.
 """
 
 import math

@@ -193,15 +193,25 @@ def test_auto_with_5_true_factors():
     assert f.path[-1, 0] <= 480  # frozen after 80% of burn-in
 
 
-@pytest.mark.skipif(not LONG, reason="about 3 minutes: set MEGALMM_LONG_TESTS=1")
+@pytest.mark.skipif(not LONG, reason="about 15 minutes: set MEGALMM_LONG_TESTS=1")
 def test_auto_with_40_true_factors():
+    """The 40-factor case of benchmarks/bench_factors.py, each setting over two chains: with
+    40 factors among 120 traits, G recovery moves by about 0.01 from one chain to the next
+    (fixed k = 80: 0.937, 0.924, 0.919 over three seeds), so one chain per setting cannot
+    rank settings 0.01 apart."""
     sim = simulate_data(400, 120, 40, missing=0.2, seed=3, n_markers=500, loading_decay=0.99)
-    fixed = [fit(sim, k, burn_in=600, samples=1500) for k in (40, 80)]
+
+    def mean_fit(factors):
+        fits = [fit(sim, factors, burn_in=600, samples=3000, seed=seed) for seed in (4, 5)]
+        return fits, np.mean([f.u_accuracy for f in fits]), np.mean([f.g_recovery for f in fits])
+
+    fixed = [mean_fit(k) for k in (40, 80)]
+    best_u, best_g = max(u for _, u, _ in fixed), max(g for _, _, g in fixed)
     for start in (10, 80):
-        f = fit(sim, auto(start), burn_in=600, samples=1500)
-        assert 40 <= f.final_k <= 60, (start, f.path.tolist())
-        assert f.u_accuracy >= max(x.u_accuracy for x in fixed) - 0.01
-        assert f.g_recovery >= max(x.g_recovery for x in fixed) - 0.01
+        fits, u, g = mean_fit(auto(start))
+        for f in fits:
+            assert 40 <= f.final_k <= 60, (start, f.path.tolist())
+        assert u >= best_u - 0.01 and g >= best_g - 0.01, (start, u, g, best_u, best_g)
 
 
 def test_storage_and_moments_take_the_final_k(small_model):
