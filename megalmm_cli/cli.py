@@ -406,11 +406,20 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
     capacity = max(plan.draws(target), done.n_draws if done is not None else 0)
     dtype = cfg.posterior.dtype
     adaptation = adaptation_rule(cfg.model.factors, model.t, plan.burn_in)
-    largest = model if adaptation is None else model.with_factors(adaptation.max_factors)
+    largest, bound = model, ""
+    if adaptation is not None:
+        if done is not None and done.iteration > adaptation.last_iteration:  # k is final
+            largest = model.with_factors(storage.read_state_array("factor_path")[-1, 1])
+        else:  # sized for the largest k it may reach
+            largest = model.with_factors(adaptation.max_factors)
+            bound = f"at most (with {adaptation.max_factors} factors) "
+        if adaptation.last_iteration < MIN_ADAPTATION and (done is None or done.iteration == 0):
+            click.echo(f"megalmm: warning: model.factors: auto adapts k during the first "
+                       f"{adaptation.last_iteration} iterations only (80% of mcmc.burn_in); give "
+                       "burn-in a few hundred iterations", err=True)
     size = chain_file_bytes(largest, {name: param_shape(largest, name) for name in names},
                             capacity, dtype, cfg.posterior.means)
     _check_disk(path, size, done is not None and done.capacity != capacity)
-    bound = "" if adaptation is None else f"at most (with {adaptation.max_factors} factors) "
     _echo(f"chain {number}: chain file {bound}{_human(size)} ({capacity} draws of "
           f"{', '.join(shapes)} as {dtype}, two checkpoints of the state) in {path}")
     if adaptation is not None and (done is None or done.iteration == 0):
@@ -451,6 +460,9 @@ def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, st
           f"({per_iter:.4f} s/iteration; the first, with compilation, {result.first_seconds:.1f} s), "
           f"{result.n_draws} draws in {path}")
     return 0
+
+
+MIN_ADAPTATION = 100  # `model.factors: auto` with fewer adaptation iterations gets a warning
 
 
 def _human(size: float) -> str:

@@ -49,7 +49,8 @@ def factor_range(setting, t: int) -> tuple[int, int]:
     """(start, max) numbers of factors of a model.factors setting (an int k gives (k, k))."""
     if not isinstance(setting, FactorAdaptation):
         return int(setting), int(setting)
-    start = setting.start if setting.start is not None else min(t, DEFAULT_START)
+    start = setting.start if setting.start is not None else min(t, DEFAULT_START,
+                                                                 setting.max or DEFAULT_START)
     top = setting.max if setting.max is not None else min(t, MAX_OVER_START * start)
     return start, max(start, top)
 

@@ -508,13 +508,14 @@ class ChainFile:
         """One array of the committed checkpoint's state (None before the first checkpoint or
         when the state has no such array), read alone and without its checksum: for display
         (status, report), never for resuming."""
-        with self._reader() as (fd, layout):
+        with self._reader() as (fd, layout):  # one version of the file throughout
             active = int(_commit_record(fd, layout)[2])
-        if not active:
-            return None
-        path = f"{BUFFERS[active - 1]}/arrays/{name}"
-        with self._open() as f:
-            return f[path][()] if path in f else None
+            path = f"{BUFFERS[active - 1]}/arrays/{name}" if active else None
+            if path is None or path not in layout.offsets:
+                return None
+            size = layout.nbytes[path] if layout.offsets[path] is not None else 0
+            raw = read_at(fd, layout.offsets[path], size) if size else b""
+            return np.frombuffer(raw, dtype=layout.dtypes[path]).reshape(layout.shapes[path]).copy()
 
     def read_means(self) -> dict:
         cp = self.load()

@@ -75,6 +75,7 @@ def test_config_forms_of_factors(tmp_path):
     assert factor_range(FactorAdaptation(), 5) == (5, 5)
     assert factor_range(FactorAdaptation(), 300) == (20, 200)
     assert factor_range(FactorAdaptation(start=4), 300) == (4, 40)
+    assert factor_range(FactorAdaptation(max=5), 300) == (5, 5)  # max alone bounds the start
     for bad, words in [("many", "model.factors: must be an integer >= 1, `auto`, or a mapping"),
                        ({"start": 5, "max": 3}, "model.factors.max: must be >= start (5)"),
                        ({"strat": 5}, "did you mean 'start'"),
