@@ -171,15 +171,15 @@ def test_the_rule_drops_all_but_the_spares_and_adds_when_short(small_model):
 @pytest.fixture(scope="module")
 def fits15():
     sim = simulate_data(200, 60, 15, missing=0.2, seed=3, n_markers=500, loading_decay=0.9)
-    runs = {"auto 10": auto(10), "auto 30": auto(30), "k 15": 15, "k 30": 30}
+    runs = {"auto 10": auto(10), "auto 30": auto(30), "k 15": 15}
     return {name: fit(sim, factors, burn_in=500, samples=800) for name, factors in runs.items()}
 
 
 def test_auto_with_15_true_factors(fits15):
     """From 10 and from 30 factors: 15 <= final k <= 22; U on masked cells and G within 0.01
-    of the better of the fixed k = 15 and k = 30 runs."""
-    best_u = max(fits15[n].u_accuracy for n in ("k 15", "k 30"))
-    best_g = max(fits15[n].g_recovery for n in ("k 15", "k 30"))
+    of the fixed k = 15 run (the best fixed k in benchmarks/bench_factors.py's 5-15-40 table
+    for this case, against 22 and 30)."""
+    best_u, best_g = fits15["k 15"].u_accuracy, fits15["k 15"].g_recovery
     for name in ("auto 10", "auto 30"):
         f = fits15[name]
         assert 15 <= f.final_k <= 22, (name, f.path.tolist())
