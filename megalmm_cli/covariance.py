@@ -186,40 +186,51 @@ class SubsetFactors:
 @njit(parallel=True, cache=True)
 def _subset_summary(lam, weighted, g_diag, r_diag, width):
     """lam (m, K, S) loadings, weighted = lam * f_h2 (m, K, S); g_diag, r_diag (m, S).
-    Means and HPD bounds (as hpd_interval) of the G and R entries, each (m, m)."""
+    Means and HPD bounds (as hpd_interval) of the G and R entries, each (m, m).
+    Row a holds the m - a entries (a, b >= a): each parallel task takes rows p and m - 1 - p,
+    so that the threads' shares of the triangle are equal (by single rows, the first of two
+    threads would get 3/4 of it)."""
     m, k, n_draws = lam.shape
-    g_mean, r_mean = np.empty((m, m)), np.empty((m, m))
-    g_low, g_high = np.empty((m, m)), np.empty((m, m))
-    r_low, r_high = np.empty((m, m)), np.empty((m, m))
-    for a in prange(m):
+    out = np.empty((6, m, m))  # G, R means; G low, high; R low, high
+    for pair in prange((m + 1) // 2):
         genetic = np.empty(n_draws)
         both = np.empty(n_draws)   # lam_a lam_b summed over factors: G + R's low-rank parts
+        residual = np.empty(n_draws)
         tail = max(1, n_draws - width + 1)
         smallest, largest = np.empty(tail), np.empty(tail)
-        for b in range(a, m):
+        _summary_row(pair, lam, weighted, g_diag, r_diag, width, genetic, both, residual,
+                     smallest, largest, out)
+        if m - 1 - pair != pair:
+            _summary_row(m - 1 - pair, lam, weighted, g_diag, r_diag, width, genetic, both,
+                         residual, smallest, largest, out)
+    return out[0], out[1], out[2], out[3], out[4], out[5]
+
+
+@njit(cache=True)
+def _summary_row(a, lam, weighted, g_diag, r_diag, width, genetic, both, residual, smallest,
+                 largest, out):
+    """The entries (a, b >= a) of _subset_summary, written to out[:, a, b] and out[:, b, a];
+    genetic, both, residual (S,) and smallest, largest: scratch."""
+    m, k, n_draws = lam.shape
+    for b in range(a, m):
+        for s in range(n_draws):
+            genetic[s] = g_diag[a, s] if a == b else 0.0
+            both[s] = 0.0
+        for q in range(k):
+            w_a = weighted[a, q]
+            l_a = lam[a, q]
+            l_b = lam[b, q]
             for s in range(n_draws):
-                genetic[s] = g_diag[a, s] if a == b else 0.0
-                both[s] = 0.0
-            for q in range(k):
-                w_a = weighted[a, q]
-                l_a = lam[a, q]
-                l_b = lam[b, q]
-                for s in range(n_draws):
-                    genetic[s] += w_a[s] * l_b[s]
-                    both[s] += l_a[s] * l_b[s]
-            residual = both - genetic  # R's low-rank part (on the diagonal less G's diagonal part,
-            if a == b:                 # which is added back with R's)
-                for s in range(n_draws):
-                    residual[s] += g_diag[a, s] + r_diag[a, s]
-            g_mean[a, b] = g_mean[b, a] = genetic.mean()
-            r_mean[a, b] = r_mean[b, a] = residual.mean()
-            low, high = _hpd(genetic, width, smallest, largest)
-            g_low[a, b] = g_low[b, a] = low
-            g_high[a, b] = g_high[b, a] = high
-            low, high = _hpd(residual, width, smallest, largest)
-            r_low[a, b] = r_low[b, a] = low
-            r_high[a, b] = r_high[b, a] = high
-    return g_mean, r_mean, g_low, g_high, r_low, r_high
+                genetic[s] += w_a[s] * l_b[s]
+                both[s] += l_a[s] * l_b[s]
+        for s in range(n_draws):  # R's low-rank part; on the diagonal G's diagonal part is
+            residual[s] = both[s] - genetic[s]  # taken out with G and added back with R's
+            if a == b:
+                residual[s] += g_diag[a, s] + r_diag[a, s]
+        values = (genetic.mean(), residual.mean()) + _hpd(genetic, width, smallest, largest) \
+            + _hpd(residual, width, smallest, largest)
+        for i in range(6):
+            out[i, a, b] = out[i, b, a] = values[i]
 
 
 @njit(cache=True)
