@@ -13,6 +13,7 @@ import numpy as np
 
 from .factor_count import AdaptationRule, adapt_factors
 from .faults import kill_point, pause_point
+from .gibbs.shrinkage import loading_precision
 from .model import Model
 from .accumulate import EMPTY, add_draw
 from .posterior import (RunningMoments, draw, factor_parts, model_u_cells, param_shape,
@@ -141,7 +142,7 @@ def from_checkpoint(model: Model, cp: Checkpoint) -> tuple[State, dict]:
         arrays["Y"][gi] = y
     if model.priors.lambda_type == "ARD":
         arrays["lambda_nu"] = np.ones_like(arrays["lambda_phi"])
-        arrays["lambda_prec"] = arrays["lambda_phi"] * np.cumprod(arrays["delta"])[:, None]
+        arrays["lambda_prec"] = loading_precision("ARD", arrays["lambda_phi"], arrays["delta"], None)
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = cp.rng_states["rng"]
     pred_rng = np.random.Generator(np.random.PCG64())

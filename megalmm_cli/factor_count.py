@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config_schema import FactorAdaptation
+from .gibbs.shrinkage import loading_precision
 from .model import Model
 from .state import State
 
@@ -72,11 +73,10 @@ def factor_shares(state: State) -> np.ndarray:
 
 
 def adapt_factors(model: Model, state: State, rule: AdaptationRule) -> Model:
-    """One adaptation step after iteration state.iteration (call only in the window): the
-    model with the new number of factors (the same model when k did not change)."""
+    """One adaptation step after iteration state.iteration, which run_chain calls in the
+    window only (iterations 1..rule.last_iteration): the model with the new number of factors
+    (the same model when k did not change)."""
     it = state.iteration
-    if it > rule.last_iteration:
-        return model
     now = factor_shares(state)
     fresh = np.isnan(state.factor_share)  # factors added at the last step
     state.factor_share = np.where(fresh, now, (1.0 - SMOOTHING) * state.factor_share + SMOOTHING * now)
@@ -101,20 +101,14 @@ def adapt_factors(model: Model, state: State, rule: AdaptationRule) -> Model:
 
 
 def _lambda_prec(model: Model, state: State) -> np.ndarray:
-    cum = np.cumprod(state.delta)[:, None]
-    if model.priors.lambda_type == "ARD":
-        return state.lambda_phi * cum
-    return cum / (state.lambda_global[0] * state.lambda_phi)
+    return loading_precision(model.priors.lambda_type, state.lambda_phi, state.delta,
+                             state.lambda_global[0])
 
 
 def drop_factors(model: Model, state: State, keep: np.ndarray) -> None:
     """Keep only the factors `keep` ((k,) bool) in every factor-indexed parameter. The first
     column-ordered shrinkage term stays first (delta_1 has its own prior)."""
-    for name in ("Lambda", "lambda_phi", "lambda_nu", "tot_f_prec", "f_h2_index",
-                 "b2_global2", "b2_global_xi", "factor_share"):          # (k, t) or (k,)
-        setattr(state, name, np.ascontiguousarray(getattr(state, name)[keep]))
-    for name in ("F", "U_F_rot", "B2F", "B2F_prec", "b2_local2", "b2_local_nu"):  # (., k)
-        setattr(state, name, np.ascontiguousarray(getattr(state, name)[:, keep]))
+    state.take_factors(keep, contiguous=True)
     first = state.delta[0]
     state.delta = state.delta[keep]
     state.delta[0] = first

@@ -10,7 +10,8 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
-from .gibbs.shrinkage import sample_ard, sample_horseshoe_columns, sample_horseshoe_lambda
+from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
+                              sample_horseshoe_lambda)
 from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
                              sample_random_effects_general)
 from .gridlmm import draw_grid_index
@@ -347,21 +348,7 @@ def reorder_factors(model: Model, state: State) -> np.ndarray:
     order = np.argsort(-size, kind="stable")
     if np.array_equal(order, np.arange(model.k)):
         return order
-    state.Lambda = state.Lambda[order]
-    state.lambda_phi = state.lambda_phi[order]
-    state.lambda_nu = state.lambda_nu[order]
-    state.F = state.F[:, order]
-    state.U_F_rot = state.U_F_rot[:, order]
-    state.tot_f_prec = state.tot_f_prec[order]
-    state.f_h2_index = state.f_h2_index[order]
-    for name in ("B2F", "B2F_prec", "b2_local2", "b2_local_nu"):
-        setattr(state, name, getattr(state, name)[:, order])
-    state.b2_global2 = state.b2_global2[order]
-    state.b2_global_xi = state.b2_global_xi[order]
-    state.factor_share = state.factor_share[order]
-    cum = np.cumprod(state.delta)[:, None]
-    if model.priors.lambda_type == "ARD":
-        state.lambda_prec = state.lambda_phi * cum
-    else:
-        state.lambda_prec = cum / (state.lambda_global[0] * state.lambda_phi)
+    state.take_factors(order)
+    state.lambda_prec = loading_precision(model.priors.lambda_type, state.lambda_phi,
+                                          state.delta, state.lambda_global[0])
     return order

@@ -7,6 +7,13 @@ import numpy as np
 from .model import Model
 
 
+# factor-indexed parameters, factor on axis 0 and on axis 1; delta and lambda_prec apart
+# (column-ordered shrinkage: each caller of take_factors decides what its positions keep)
+FACTOR_ROWS = ("Lambda", "lambda_phi", "lambda_nu", "tot_f_prec", "f_h2_index", "b2_global2",
+               "b2_global_xi", "factor_share")
+FACTOR_COLUMNS = ("F", "U_F_rot", "B2F", "B2F_prec", "b2_local2", "b2_local_nu")
+
+
 @dataclass
 class State:
     iteration: int
@@ -49,6 +56,15 @@ class State:
             self.factor_path = np.array([[0, k]], dtype=np.int64)
         if self.factor_share is None:
             self.factor_share = np.full(k, np.nan)
+
+    def take_factors(self, index, contiguous: bool = False) -> None:
+        """Index every factor-indexed parameter but delta and lambda_prec by `index` (a
+        permutation, or a (k,) bool mask); contiguous: C-ordered copies of the (., k) ones."""
+        for name in FACTOR_ROWS:
+            setattr(self, name, getattr(self, name)[index])
+        for name in FACTOR_COLUMNS:
+            value = getattr(self, name)[:, index]
+            setattr(self, name, np.ascontiguousarray(value) if contiguous else value)
 
     def array_fields(self) -> dict:
         """Arrays that make up the checkpoint (lists of per-group arrays included)."""

@@ -67,6 +67,15 @@ def _delta_sweeps(delta, half_ss, shapes, rates0, std_gammas, uniforms):
             delta[h] = value
 
 
+def loading_precision(lambda_type: str, lambda_phi, delta, global2) -> np.ndarray:
+    """lambda_prec (k, t) from its parts: ARD phi_lj tau_l; horseshoe tau_l / (global2 local2_lj),
+    tau_l = prod_{h <= l} delta_h (lambda_phi holds phi or local2; global2 unused by ARD)."""
+    cum = np.cumprod(delta)[:, None]
+    if lambda_type == "ARD":
+        return lambda_phi * cum
+    return cum / (global2 * lambda_phi)
+
+
 def sample_ard(lam, tot_eta_prec, delta, rng, df, delta_1, delta_2, iterations):
     """ARD / multiplicative gamma process (Bhattacharya & Dunson 2011).
 
