@@ -162,8 +162,9 @@ class SubsetFactors:
         # chains may have different numbers of factors (`model.factors: auto`): a factor
         # with zero loadings adds nothing to G or R
         k = max(a.shape[1] for a in lam)
-        lam = [np.pad(a, ((0, 0), (0, k - a.shape[1]), (0, 0))) for a in lam]
-        f_h2 = [np.pad(a, ((0, 0), (0, k - a.shape[1]))) for a in f_h2]
+        if any(a.shape[1] < k for a in lam):  # (np.pad copies: only when needed)
+            lam = [np.pad(a, ((0, 0), (0, k - a.shape[1]), (0, 0))) for a in lam]
+            f_h2 = [np.pad(a, ((0, 0), (0, k - a.shape[1]))) for a in f_h2]
         return cls(np.ascontiguousarray(np.concatenate(lam).transpose(2, 1, 0)),
                    np.concatenate(f_h2), np.concatenate(g_diag), np.concatenate(r_diag))
 
