@@ -59,7 +59,7 @@ def main():
         raw = yaml.safe_load(config.read_text())
         raw["model"]["factors"] = args.k
         raw["mcmc"] = {"burn_in": args.iterations + 1, "samples": 1, "thin": 1,
-                       "checkpoint_every": 10_000, "reorder_every": 10_000, "chains": 1}
+                       "checkpoint_every": 10_000, "reorder_every": 10_000, "chains": 2}
         config.write_text(yaml.safe_dump(raw))
         prep_s, prep_mb, prep_text = run(["prepare", str(config)], tmp)
         print(prep_text.strip())

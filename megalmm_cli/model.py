@@ -13,7 +13,7 @@ import numpy as np
 
 from .design import independent_columns, missing_data_groups
 from .gibbs.missing import missing_cells_csr
-from .gridcache import GridCache, build_cache
+from .gridcache import WHITENED_MAX_BYTES, GridCache, WhitenedData, build_cache, whitened_bytes
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
 
 
@@ -56,6 +56,15 @@ class GroupModel:
         if c.size and int(c[-1]) - int(c[0]) + 1 == c.size and np.all(np.diff(c) == 1):
             return slice(int(c[0]), int(c[-1]) + 1)
         return c
+
+    @cached_property
+    def whitened(self):
+        """WhitenedData of this group on the general path (None with one effect, or when it
+        would exceed gridcache.WHITENED_MAX_BYTES)."""
+        if self.cache is None or whitened_bytes(self.rows.size, self.cols.size,
+                                                self.cache.n_slices) > WHITENED_MAX_BYTES:
+            return None
+        return WhitenedData(self.cache)
 
     @cached_property
     def half_logdet(self) -> np.ndarray:

@@ -23,7 +23,8 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
 from .factor_count import factor_range
-from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count
+from .gridcache import (WHITENED_MAX_BYTES, build_cache, cache_bytes, grid_point_count, slice_count,
+                        whitened_bytes)
 from .lock import prepare_lock
 from .rawh5 import install, remove_stale_temporaries, temporary_path
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
@@ -179,7 +180,8 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
     conditioning maps to the other individuals, and the N x t arrays of the sampler (data,
     rotated data, U_R, running means). With several effects also the effect blocks and slice
     workspace of the group being built, one conditioning map per effect, and the running
-    means and per-draw arrays of each effect's genetic values (U_by_effect).
+    means and per-draw arrays of each effect's genetic values (U_by_effect), and each group's
+    whitened data (gridcache.WhitenedData, at most WHITENED_MAX_BYTES per group).
     """
     n_train = max(group_rows)
     n_points = grid_point_count(n_effects, divisions)
@@ -187,6 +189,9 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
               + n_points * n_train + n_all * b)
     if n_effects > 1:
         floats += (n_effects + 4) * n_train * n_train + 8 * n_effects * n_all * t
+        n_slices = slice_count(n_effects, divisions)
+        floats += sum(min(WHITENED_MAX_BYTES, whitened_bytes(n_g, t, n_slices)) // 8
+                      for n_g in group_rows)
     for n_g in group_rows:
         n_o = n_all - n_g
         maps = n_effects if n_effects > 1 else 1

@@ -74,8 +74,12 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
         tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma,
                                   normals(rng, coefs_t.shape), coefs_t)
     else:
+        # complete-data columns: T_s y* kept from the last iteration, T_s X for every slice
+        white_y = None if g.whitened is None else g.whitened.update(state.Y_rot[gi])
+        white_x = None if white_y is None else np.stack(
+            [matmul(cache.transform(s), x_rot) for s in range(cache.n_slices)])
         tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], index, prior_prec, rate0, std_gamma,
-                            normals(rng, coefs_t.shape), coefs_t)
+                            normals(rng, coefs_t.shape), coefs_t, white_x, white_y)
     coefs = coefs_t.T
     state.tot_eta_prec[cols] = tau
     b1_block = np.zeros((state.B1.shape[0], t_g))
@@ -91,7 +95,8 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
         state.U_R_rot[gi] = sample_random_effects(
             resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
     else:
-        loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior)
+        white = None if white_y is None else (lambda s: white_y[s] - matmul(white_x[s], coefs))
+        loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior, white)
         index = draw_grid_index(loglik, rng.random(t_g))
         state.U_R_rot[gi] = sample_random_effects_general(
             resid_rot, model.grid[index], tau, index, cache,

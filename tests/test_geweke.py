@@ -471,8 +471,8 @@ def test_geweke_two_effects_negative_control(two_effect_model, two_effect_mc, mo
     names, _ = two_effect_mc
     from megalmm_cli.gibbs import variance
 
-    def wrong(resid, cache, tot_prec, log_prior):
-        out = variance.general_loglik(resid, cache, tot_prec, log_prior)
+    def wrong(resid, cache, tot_prec, log_prior, white=None):
+        out = variance.general_loglik(resid, cache, tot_prec, log_prior, white)
         logdet_a = 2.0 * (0.5 * np.log(cache.weights).sum(axis=1) - cache.half_logdet)
         return out + 0.5 * logdet_a[:, None]
 

@@ -14,7 +14,8 @@ from megalmm_cli.gibbs.coefficients import (draw_by_slice, grouped_normal_equati
                                              sample_coefficients)
 from megalmm_cli.gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
                                         sample_random_effects_general)
-from megalmm_cli.gridcache import build_cache, cache_bytes, grid_slices, slice_count
+from megalmm_cli.gridcache import (WhitenedData, build_cache, cache_bytes, grid_slices,
+                                   slice_count)
 from megalmm_cli.gridlmm import grid_loglik, h2_grid, rotation
 from megalmm_cli.model import build_model, effect_blocks
 from megalmm_cli.sampler import gibbs_iteration
@@ -198,6 +199,101 @@ def test_chain_with_several_effects_runs_and_keeps_sum_of_effects(m):
     assert out["resid_h2"].shape == param_shape(model, "resid_h2") == (m, model.t)
     assert out["f_h2"].shape == (m, model.k)
     assert np.all(out["resid_h2"].sum(axis=0) < 1)
+
+
+def test_whitened_data_follow_every_change_of_the_data():
+    """WhitenedData returns T_s y for every slice after any change of y, recomputing only the
+    changed columns; the grid log-likelihood and step 2 from it equal the direct products."""
+    rng = np.random.default_rng(5)
+    n, c, b = 12, 7, 3
+    kinships = [random_kinship(rng, n), block_kinship(rng, n, 4)]
+    rot = rotation(kinships[0], np.arange(n))
+    grid = h2_grid(2, 5)
+    cache = build_cache(effect_blocks(kinships, rot), grid)
+    whitened = WhitenedData(cache)
+    y = rng.standard_normal((n, c))
+    calls = []
+    original = cache.transform
+
+    def counted(s):
+        calls.append(s)
+        return original(s)
+
+    object.__setattr__(cache, "transform", counted)
+    for step in range(3):
+        if step == 1:
+            y[:, [1, 4]] += rng.standard_normal((n, 2))
+        if step == 2:
+            y[3, 6] = 0.5
+        calls.clear()
+        white = whitened.update(y.copy())
+        assert len(calls) == cache.n_slices
+        for s in range(cache.n_slices):
+            np.testing.assert_allclose(white[s], original(s) @ y, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    whitened.update(y.copy())
+    assert calls == []  # nothing changed: no product at all
+
+    x = rng.standard_normal((n, b))
+    coefs = rng.standard_normal((b, c))
+    resid = y - x @ coefs
+    tau = rng.uniform(0.5, 2.0, size=c)
+    log_prior = np.full(grid.shape[0], -np.log(grid.shape[0]))
+    white_x = np.stack([original(s) @ x for s in range(cache.n_slices)])
+    got = general_loglik(resid, cache, tau, log_prior,
+                         lambda s: whitened.white[s] - white_x[s] @ coefs)
+    np.testing.assert_allclose(got, general_loglik(resid, cache, tau, log_prior), rtol=1e-10)
+    index = rng.integers(0, grid.shape[0], size=c)
+    prior = rng.uniform(0.5, 2.0, size=(c, b))
+    gam, noise = rng.gamma(3.0, size=c), rng.standard_normal((c, b))
+    coefs_direct, coefs_cached = np.zeros((c, b)), np.zeros((c, b))
+    tau_direct = draw_by_slice(cache, x, y, index, prior, np.ones(c), gam, noise, coefs_direct)
+    tau_cached = draw_by_slice(cache, x, y, index, prior, np.ones(c), gam, noise, coefs_cached,
+                               white_x, whitened.white)
+    np.testing.assert_allclose(tau_cached, tau_direct, rtol=1e-10)
+    np.testing.assert_allclose(coefs_cached, coefs_direct, rtol=1e-10, atol=1e-12)
+
+
+def test_root_parts_drop_padding_and_keep_each_effect():
+    """The first effect's root is diagonal in its own basis and used as a vector; a low-rank
+    effect keeps only its nonzero columns; each part still squares to its block."""
+    rng = np.random.default_rng(6)
+    n = 10
+    kinships = [random_kinship(rng, n), block_kinship(rng, n, 3)]
+    rot = rotation(kinships[0], np.arange(n))
+    blocks = effect_blocks(kinships, rot)
+    cache = build_cache(blocks, h2_grid(2, 4))
+    (kind0, root0), (kind1, root1) = cache.root_parts
+    assert kind0 == "diag" and root0.shape == (n,)
+    assert kind1 == "dense" and root1.shape[1] <= 3
+    np.testing.assert_allclose(np.diag(root0 ** 2), blocks[0], atol=1e-10)
+    np.testing.assert_allclose(root1 @ root1.T, blocks[1], atol=1e-10)
+
+
+def test_chain_with_whitened_data_equals_direct_products():
+    """The same two-effect chain (missing cells, so some columns change every iteration) with
+    and without WhitenedData: the same draws, up to rounding, over several iterations."""
+    sim = simulate_data(40, 5, 2, missing=0.15, seed=8, n_markers=150, n_new=0, n_blocks=5)
+    values = np.where(sim.observed, sim.Y, np.nan)
+    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks)]
+    args = (sim.ids, sim.traits, values, kinships, sim.X1, ["Intercept", "pop", "x"],
+            np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS)
+    states = []
+    for use in (True, False):
+        model = build_model(*args, max_groups=2, effect_names=("id", "Block"))
+        for g in model.groups:
+            if not use:
+                g.__dict__["whitened"] = None
+            assert (g.whitened is not None) == use
+        assert any(g.miss_ptr[-1] > 0 for g in model.groups)
+        state = initial_state(model, np.random.default_rng(1), np.random.default_rng(2))
+        for _ in range(5):
+            gibbs_iteration(model, state)
+        states.append(state)
+    cached, direct = states
+    np.testing.assert_array_equal(cached.resid_h2_index, direct.resid_h2_index)
+    np.testing.assert_allclose(cached.Lambda, direct.Lambda, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(cached.tot_eta_prec, direct.tot_eta_prec, rtol=1e-7)
 
 
 def block_kinship_from_labels(labels):

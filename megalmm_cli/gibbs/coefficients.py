@@ -190,18 +190,22 @@ def _weight_columns(y_rot, weights, grid_index, out):
     return yty
 
 
-def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t):
+def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t,
+                  white_x=None, white_y=None):
     """Step 2 (or its factor analogue) on the general path: columns grouped by the slice of
     their grid point, whitened by its transform, then the usual per-grid-point draws.
 
     x_rot: (n, b); y_rot: (n, c); index: (c,); prior_prec, noise, coefs_t: (c, b) (coefs_t is
-    overwritten with the draw); rate0, std_gamma: (c,). Returns tot_prec (c,).
+    overwritten with the draw); rate0, std_gamma: (c,). white_x (S, n, b) and white_y
+    (S, n, c), when given, hold T_s x_rot and T_s y_rot already. Returns tot_prec (c,).
     """
     tau = np.empty(y_rot.shape[1])
     for s, cols in cache.columns_by_slice(index):
-        transform = cache.transform(s)
-        gram, grid_of_col, xty, yty = grouped_normal_equations(
-            matmul(transform, x_rot), matmul(transform, y_rot[:, cols]), cache.weights, index[cols])
+        if white_x is None or white_y is None:
+            transform = cache.transform(s)
+        wx = matmul(transform, x_rot) if white_x is None else white_x[s]
+        wy = matmul(transform, y_rot[:, cols]) if white_y is None else white_y[s][:, cols]
+        gram, grid_of_col, xty, yty = grouped_normal_equations(wx, wy, cache.weights, index[cols])
         sub = np.ascontiguousarray(coefs_t[cols])
         tau[cols] = sample_coefficients(gram, grid_of_col, xty, yty,
                                         np.ascontiguousarray(prior_prec[cols]), rate0[cols],

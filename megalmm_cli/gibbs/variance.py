@@ -57,16 +57,17 @@ def _random_effects_kernel(resid_rot, shrink, sd, which, inv_sd, normals, out):
 # slice transforms of a gridcache.GridCache instead of one diagonal weight vector.
 
 
-def general_loglik(resid, cache, tot_prec, log_prior):
+def general_loglik(resid, cache, tot_prec, log_prior, white=None):
     """(G, c) grid log posterior of every column, random effects integrated out.
 
     resid: (n, c) residuals in the group's basis; cache: GridCache; tot_prec: (c,);
-    log_prior: (G,). One (n, n) x (n, c) product per slice.
+    log_prior: (G,). One (n, n) x (n, c) product per slice, or none when white(s) gives
+    T_s resid (see WhitenedData).
     """
     out = np.empty((cache.weights.shape[0], resid.shape[1]))
     for s, points in enumerate(cache.points_of_slice):
-        white = matmul(cache.transform(s), resid)
-        out[points] = grid_loglik(white * white, cache.weights[points], tot_prec, log_prior[points],
+        w = matmul(cache.transform(s), resid) if white is None else white(s)
+        out[points] = grid_loglik(w * w, cache.weights[points], tot_prec, log_prior[points],
                                   cache.half_logdet[points])
     return out
 
@@ -81,25 +82,43 @@ def apply_inverse(cache, index, values):
     return out
 
 
+def _root_times(part, values):
+    """root @ values[:r] for one of cache.root_parts (a diagonal root costs no product)."""
+    kind, root = part
+    if kind == "diag":
+        return root[:, None] * values[: root.shape[0]]
+    return matmul(root, values[: root.shape[1]])
+
+
+def _root_t_times(part, values):
+    """root.T @ values for one of cache.root_parts."""
+    kind, root = part
+    if kind == "diag":
+        return root[:, None] * values
+    return matmul(root.T, values)
+
+
 def sample_random_effects_general(resid, h, tot_prec, index, cache, effect_normals,
                                   resid_normals, by_effect=False):
     """Random effects given the grid point, by conditioning prior draws (Matheron's rule).
 
     resid: (n, c) e = sum_r u_r + eps in the group's basis; h: (c, m) variance proportions;
     tot_prec: (c,); index: (c,) grid points; effect_normals: (m, r, c) and resid_normals
-    (n, c) standard normals. With u_r0 ~ N(0, h_r B_r / tot_prec), eps0 ~ N(0, (1 - sum h) /
-    tot_prec) and v = V(h)^-1 (e - sum_r u_r0 - eps0):
+    (n, c) standard normals (effect r uses the first rows, as many as its root has columns).
+    With u_r0 ~ N(0, h_r B_r / tot_prec), eps0 ~ N(0, (1 - sum h) / tot_prec) and
+    v = V(h)^-1 (e - sum_r u_r0 - eps0):
         u_r = u_r0 + h_r B_r v        (exact draw from u_r | e),
         sum_r u_r = e - eps0 - (1 - sum h) v.
     Returns the sum (n, c), or every effect (m, n, c) when by_effect. Effects with h_r = 0 are 0.
     """
     sd = 1.0 / np.sqrt(tot_prec)
     share_e = 1.0 - h.sum(axis=1)
-    prior = [matmul(cache.roots[e], effect_normals[e] * (np.sqrt(h[:, e]) * sd)[None, :])
+    parts = cache.root_parts
+    prior = [_root_times(parts[e], effect_normals[e] * (np.sqrt(h[:, e]) * sd)[None, :])
              for e in range(h.shape[1])]
     eps0 = resid_normals * (np.sqrt(share_e) * sd)[None, :]
     v = apply_inverse(cache, index, resid - sum(prior) - eps0)
     if not by_effect:
         return resid - eps0 - v * share_e[None, :]
-    return np.stack([prior[e] + h[:, e][None, :] * matmul(cache.roots[e], matmul(cache.roots[e].T, v))
+    return np.stack([prior[e] + h[:, e][None, :] * _root_times(parts[e], _root_t_times(parts[e], v))
                      for e in range(h.shape[1])])
