@@ -89,6 +89,11 @@ class Priors:
     b2_type: str              # "horseshoe" | "ridge"
     b2_prop_0: float
     b2_ridge_prec: float
+    # fixed effects: B1_bj ~ N(0, 1 / (tot_eta_prec_j b1_prec)); 0 (the default, and the only
+    # value a run config gives) is the flat prior. A proper prior lets the Geweke tests cover
+    # X1 (with a flat prior there is no joint distribution to draw from); it turns off the
+    # translation move of step 6, which is exact only under the flat prior.
+    b1_prec: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,9 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     b1g = g.x1_rot.shape[1]
     n_g, t_g = state.Y_rot[gi].shape
     index = state.resid_h2_index[cols]
-    prior_prec = _rows_per_column(np.zeros((b1g, t_g)), state.lambda_prec[:, cols])
+    prior_prec = _rows_per_column(np.full((b1g, t_g), p.b1_prec), state.lambda_prec[:, cols])
     coefs_t = _rows_per_column(state.B1[g.x1_keep][:, cols], state.Lambda[:, cols])
-    shape = gamma_shape(p.tot_eta_shape, n_g, b1g, coefs_t.shape[1])
+    shape = gamma_shape(p.tot_eta_shape, n_g, b1g if p.b1_prec == 0 else 0, coefs_t.shape[1])
     std_gamma = rng.standard_gamma(shape, size=t_g)
     rate0 = np.full(t_g, p.tot_eta_rate)
     if cache is None:
@@ -269,8 +269,9 @@ def translate_factor_means(state: State, common, x, scores, prior_mean, prior_pr
 
 def common_fixed_columns(model: Model) -> np.ndarray:
     """(b1,) bool: fixed-effect columns estimated in every missing-data group, those the
-    translation move may shift (a column dropped by a group keeps B1 = 0 there)."""
-    common = np.ones(model.x1.shape[1], dtype=bool)
+    translation move may shift (a column dropped by a group keeps B1 = 0 there). None under a
+    proper prior on B1 (priors.b1_prec > 0), where the move would change B1's prior density."""
+    common = np.full(model.x1.shape[1], model.priors.b1_prec == 0)
     for g in model.groups:
         common &= g.x1_keep
     return common

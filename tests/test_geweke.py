@@ -12,8 +12,9 @@ p(theta, Y) as well, so the mean of any statistic g(theta, Y) must agree between
 targets a wrong conditional shows up as a disagreement (see the negative control).
 
 The model: n = 8 individuals, t = 3 traits, k = 2 factors, one random effect with a fixed random
-kinship, 5 grid points (h2 = 0 included), no fixed effects (B1 has a flat, improper prior, so
-there would be no proper joint), no factor covariates, no missing cells, ARD prior on Lambda
+kinship, 5 grid points (h2 = 0 included), no fixed effects (B1's prior is flat, so there
+would be no proper joint; test_geweke_groups.py covers X1 under a proper prior on B1), no
+factor covariates, no missing cells, ARD prior on Lambda
 with 5 delta sweeps. The sampler reads the data only from state.Y[0] and state.Y_rot[0]
 (= Q' Y), so a new Y is put there between iterations (model.y_std serves initial_state only).
 

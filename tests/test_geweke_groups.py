@@ -1,8 +1,12 @@
 """Geweke joint-distribution test with two missing-data groups, imputed cells, rows a group
-drops and a factor covariate (B2F), with a negative control.
+drops, fixed effects (X1 B1) and a factor covariate (B2F), with negative controls.
 
-The model: 10 individuals x 4 traits, 2 factors, one random effect, one factor covariate with
-the ridge prior. Traits 0-1 are observed on every row but two cells (imputed); traits 2-3 on
+The model: 10 individuals x 4 traits, 2 factors, one random effect, two fixed-effect columns
+(an intercept and a covariate) and one factor covariate with the ridge prior. B1 has a proper
+prior here, B1_bj ~ N(0, 1 / (tot_eta_prec_j B1_PREC)) (Priors.b1_prec; runs use the flat
+prior, under which there is no joint distribution to draw from), which also turns off the
+translation move of step 6 (exact only under the flat prior; test_factor_moves.py checks it
+against its conditional). Traits 0-1 are observed on every row but two cells (imputed); traits 2-3 on
 rows 0-6 only (rows 7-9 are dropped by their group: not in the model) with one more imputed
 cell. So the sampler runs the path of several groups: each group in its own eigenbasis,
 imputation, F row by row with rows in different sets of groups, and U_F given F.
@@ -34,6 +38,7 @@ MC_DRAWS = 50_000
 MISSING = [(2, 0), (5, 1), (3, 2)]     # imputed cells
 DROPPED_ROWS, DROPPED_TRAITS = [7, 8, 9], [2, 3]
 RIDGE = 1.0
+B1_PREC = 1.0
 
 
 def make_model():
@@ -45,9 +50,10 @@ def make_model():
         values[i, j] = np.nan
     values[np.ix_(DROPPED_ROWS, DROPPED_TRAITS)] = np.nan
     x2 = rng.standard_normal((N, 1))
-    priors = dataclasses.replace(PRIORS, b2_type="ridge", b2_ridge_prec=RIDGE)
+    x1 = np.column_stack([np.ones(N), rng.standard_normal(N)])
+    priors = dataclasses.replace(PRIORS, b2_type="ridge", b2_ridge_prec=RIDGE, b1_prec=B1_PREC)
     model = build_model([f"i{i}" for i in range(N)], [f"t{j}" for j in range(T)], values, kinship,
-                        np.zeros((N, 0)), [], x2, K, DIVISIONS, priors, max_groups=2,
+                        x1, ["Intercept", "x"], x2, K, DIVISIONS, priors, max_groups=2,
                         scale_y=False)
     return model
 
@@ -72,6 +78,7 @@ def prior_draws(model, rng, m: int) -> dict:
     lambda_prec = phi * np.cumprod(delta, axis=1)[:, :, None]
     lam = rng.standard_normal((m, K, T)) / np.sqrt(tot_eta_prec[:, None, :] * lambda_prec)
     b2f = rng.standard_normal((m, 1, K)) / np.sqrt(RIDGE * tot_f_prec)[:, None, :]
+    b1 = rng.standard_normal((m, 2, T)) / np.sqrt(B1_PREC * tot_eta_prec)[:, None, :]
     f_h2 = grid[f_h2_index]
     s = model.factor_rot.values
     u_f_rot = (rng.standard_normal((m, N, K)) * np.sqrt(s)[None, :, None]
@@ -80,7 +87,7 @@ def prior_draws(model, rng, m: int) -> dict:
     f = model.x2 @ b2f + model.factor_rot.vectors @ u_f_rot + e_f
     draw = dict(tot_eta_prec=tot_eta_prec, resid_h2_index=resid_h2_index, f_h2_index=f_h2_index,
                 tot_f_prec=tot_f_prec, lambda_phi=phi, delta=delta, lambda_prec=lambda_prec,
-                Lambda=lam, B2F=b2f, U_F_rot=u_f_rot, F=f)
+                Lambda=lam, B1=b1, B2F=b2f, U_F_rot=u_f_rot, F=f)
     resid_h2 = grid[resid_h2_index]
     for gi, g in enumerate(model.groups):
         s_g = g.rot.values
@@ -100,14 +107,15 @@ def draw_y(model, par: dict, gi: int, rng) -> np.ndarray:
     sd = np.sqrt((1.0 - resid_h2) / par["tot_eta_prec"][..., c])
     f = par["F"][..., g.rows, :]
     noise = rng.standard_normal(f.shape[:-1] + (c.size,)) * sd[..., None, :]
-    return f @ par["Lambda"][..., c] + g.rot.vectors @ par[f"U_R_rot{gi}"] + noise
+    return (model.x1[g.rows] @ par["B1"][..., c] + f @ par["Lambda"][..., c]
+            + g.rot.vectors @ par[f"U_R_rot{gi}"] + noise)
 
 
 def state_from_draw(model, d: dict, rng) -> State:
     ys = [np.ascontiguousarray(d[f"Y{gi}"]) for gi in range(len(model.groups))]
     return State(
         iteration=0, rng=rng, pred_rng=np.random.default_rng(0),
-        B1=np.zeros((0, T)), Lambda=d["Lambda"].copy(), tot_eta_prec=d["tot_eta_prec"].copy(),
+        B1=d["B1"].copy(), Lambda=d["Lambda"].copy(), tot_eta_prec=d["tot_eta_prec"].copy(),
         resid_h2_index=d["resid_h2_index"].astype(np.int64),
         F=d["F"].copy(), tot_f_prec=d["tot_f_prec"].copy(),
         f_h2_index=d["f_h2_index"].astype(np.int64), U_F_rot=d["U_F_rot"].copy(),
@@ -122,7 +130,7 @@ def state_from_draw(model, d: dict, rng) -> State:
 
 def state_params(model, state: State) -> dict:
     keys = ("tot_eta_prec", "resid_h2_index", "f_h2_index", "tot_f_prec", "lambda_phi", "delta",
-            "lambda_prec", "Lambda", "B2F", "U_F_rot", "F")
+            "lambda_prec", "Lambda", "B1", "B2F", "U_F_rot", "F")
     par = {key: np.array(getattr(state, key), copy=True) for key in keys}
     for gi in range(len(model.groups)):
         par[f"U_R_rot{gi}"] = state.U_R_rot[gi].copy()
@@ -151,6 +159,8 @@ def statistics(model, par: dict) -> tuple[list[str], np.ndarray]:
     add("mean_j log phi", np.log(par["lambda_phi"]).mean(axis=2))
     add("b(Lambda^2)", bounded(lam ** 2))
     add("Lambda^2 tot_eta_prec lambda_prec", lam ** 2 * tep[:, None, :] * par["lambda_prec"])
+    add("B1", par["B1"])
+    add("B1^2 tot_eta_prec", par["B1"] ** 2 * tep[:, None, :])
     add("B2F", par["B2F"][:, 0, :])
     add("B2F^2 tot_f_prec", par["B2F"][:, 0, :] ** 2 * tfp)
     add("mean_i F^2", (f ** 2).mean(axis=1))
@@ -162,7 +172,7 @@ def statistics(model, par: dict) -> tuple[list[str], np.ndarray]:
         c = g.cols
         y = par[f"Y{gi}"]
         u_r = g.rot.vectors @ par[f"U_R_rot{gi}"]
-        fit = f[:, g.rows] @ lam[..., c]
+        fit = model.x1[g.rows] @ par["B1"][..., c] + f[:, g.rows] @ lam[..., c]
         add(f"g{gi} mean_i b(Y^2)", bounded(y ** 2).mean(axis=1))
         add(f"g{gi} resid chi2/n", ((y - fit - u_r) ** 2).mean(axis=1) * tep[:, c] / (1.0 - rh2[:, c]))
         add(f"g{gi} Y F Lambda", bounded((y * fit).mean(axis=1) ** 2))
@@ -220,6 +230,8 @@ def test_the_model_has_the_intended_groups(model):
     assert layout[(0, 1)].rows.size == N and layout[(2, 3)].rows.size == N - len(DROPPED_ROWS)
     assert sum(int((~g.observed).sum()) for g in model.groups) == len(MISSING)
     assert not sampler_mod.scores_collapsed(model)
+    assert all(g.x1_keep.all() for g in model.groups)  # both fixed effects in both groups
+    assert not sampler_mod.common_fixed_columns(model).any()  # no translation move
 
 
 @pytest.mark.slow
@@ -246,6 +258,23 @@ def test_geweke_two_groups_negative_control(model, mc, monkeypatch):
     names = mc[0]
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
     assert any("imputed" in name for name in flagged), report(names, z, 15)
+
+
+@pytest.mark.slow
+def test_geweke_two_groups_fixed_effects_negative_control(model, mc, monkeypatch):
+    """Fixed effects drawn in step 2 as under the flat prior (no prior precision on B1, and
+    tot_eta_prec's shape without B1's prior) must be flagged on B1."""
+    flat = dataclasses.replace(model, priors=dataclasses.replace(model.priors, b1_prec=0.0))
+    original = sampler_mod._sample_group
+
+    def wrong(model_, state, gi, g, f_rot):
+        return original(flat, state, gi, g, f_rot)
+
+    monkeypatch.setattr(sampler_mod, "_sample_group", wrong)
+    z = chain_z(model, mc, 2 * NEGATIVE_ITERATIONS, seed=10, label="two groups, flat B1 control")
+    names = mc[0]
+    flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}
+    assert any(name.startswith("B1") for name in flagged), report(names, z, 15)
 
 
 @pytest.mark.slow
