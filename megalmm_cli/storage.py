@@ -22,11 +22,13 @@ the committed one, and its draws are untouched. A buffer whose checksums fail (a
 after a power cut, a bad block) is skipped for the other one, which resumes the same chain
 exactly. Changing the number of rows or the state's shapes rewrites the file under a
 temporary name and renames it over the old one.
+
+This module is the chain's interface (ChainFile, and MemoryChain for tests); the byte-level
+format, the commit record, buffers, checksums and raw copies, is in chainformat.py.
 """
 
 import json
 import os
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,32 +37,16 @@ import h5py
 import numpy as np
 
 from . import FORMAT_VERSION, __version__
+from .chainformat import (BUFFERS, COMMIT, HEADER, MAGIC, RNG_BYTES, BufferState, Checkpoint,
+                          buffer_header, commit_record, copy_buffer, copy_rows,
+                          flatten_checkpoint, read_buffer, read_layout, state_signature,
+                          stored_shape, write_buffer)
 from .errors import UserError
 from .faults import kill_point
-from .rawh5 import (Marker, contiguous_dataset, dataset_offset, install, read_at,
-                    remove_stale_temporaries, temporary_path, write_at)
+from .rawh5 import (contiguous_dataset, install, read_at, remove_stale_temporaries,
+                    temporary_path, write_at)
 
-MAGIC = 0x6D65_676C_6D6D_0001
-COMMIT = Marker(8)     # magic, seq, active, iteration, n_draws, target, capacity | crc
-HEADER = Marker(10)    # magic, seq, iteration, n_draws, elapsed_us, rng_len, first_us, runs,
-                       # crc of crc | crc
-BUFFERS = ("state_a", "state_b")
-RNG_BYTES = 16384
-COPY_BYTES = 1 << 26   # rows copied at a time when a file is rewritten
-
-
-@dataclass
-class Checkpoint:
-    """Everything needed to resume: flat arrays (lists as name/index), Generator states, means."""
-
-    iteration: int
-    n_draws: int
-    arrays: dict                     # name -> array, or name -> list of arrays
-    rng_states: dict                 # name -> bit_generator.state
-    means: dict                      # name -> array (running means / M2 and counts)
-    elapsed: float = 0.0             # seconds of sampling, every run together
-    first_seconds: float = 0.0       # of which in the first iteration of each run (compilation)
-    runs: int = 0                    # `sample` runs that made at least one iteration
+__all__ = ["Checkpoint", "ChainFile", "MemoryChain", "Progress"]
 
 
 @dataclass(frozen=True)
@@ -119,48 +105,6 @@ def _copy_checkpoint(cp: Checkpoint) -> Checkpoint:
                       cp.elapsed, cp.first_seconds, cp.runs)
 
 
-# ------------------------------------------------------------------ checkpoint <-> flat parts
-
-
-def _flatten(cp: Checkpoint) -> dict:
-    """path -> array for every part of a checkpoint's state, in a fixed order."""
-    parts = {}
-    for name in sorted(cp.arrays):
-        value = cp.arrays[name]
-        if isinstance(value, list):
-            for i, arr in enumerate(value):
-                parts[f"arrays/{name}/{i}"] = np.asarray(arr)
-        else:
-            parts[f"arrays/{name}"] = np.asarray(value)
-    for name in sorted(cp.means):
-        parts[f"means/{name}"] = np.asarray(cp.means[name])
-    return parts
-
-
-def _signature(parts: dict) -> str:
-    """The shapes and types of a state's parts (buffers are allocated for exactly these)."""
-    lists = sorted({p.rsplit("/", 1)[0] for p in parts if p.count("/") == 2})
-    return json.dumps({"parts": [[p, list(a.shape), np.dtype(a.dtype).newbyteorder("<").str]
-                                 for p, a in parts.items()], "lists": lists})
-
-
-def _unflatten(parts: dict, lists) -> tuple[dict, dict]:
-    arrays, means = {}, {}
-    for path, arr in parts.items():
-        kind, rest = path.split("/", 1)
-        if kind == "means":
-            means[rest] = arr
-        elif f"arrays/{rest.split('/')[0]}" in lists:
-            arrays.setdefault(rest.split("/")[0], []).append(arr)
-        else:
-            arrays[rest] = arr
-    return arrays, means
-
-
-def _stored_shape(shape) -> tuple:
-    return tuple(shape) if len(shape) else (1,)   # HDF5 allocates no storage for scalars
-
-
 class ChainFile:
     """One chain's HDF5 file (see the module docstring for the layout and write protocol)."""
 
@@ -188,7 +132,7 @@ class ChainFile:
         self._build(tmp, attrs, sample_shapes, capacity, np.dtype(dtype), signature="")
         fd = os.open(tmp, os.O_RDWR)
         try:
-            layout = _read_layout(tmp)
+            layout = read_layout(tmp)
             write_at(fd, layout.offsets["commit"], COMMIT.pack([MAGIC, 0, 0, 0, 0, target, capacity]))
         finally:
             os.close(fd)
@@ -212,7 +156,7 @@ class ChainFile:
                     contiguous_dataset(group, "crc", (len(sig["parts"]) + 1,), "<i8")
                     contiguous_dataset(group, "rng", (RNG_BYTES,), "u1")
                     for path, shape, part_dtype in sig["parts"]:
-                        contiguous_dataset(group, path, _stored_shape(shape), part_dtype)
+                        contiguous_dataset(group, path, stored_shape(shape), part_dtype)
             samples = f.create_group("samples")
             for name in sorted(sample_shapes):
                 contiguous_dataset(samples, name, (capacity, *sample_shapes[name]),
@@ -250,7 +194,7 @@ class ChainFile:
                     f"{self.path}: was written by another megalmm version (chain format {version}, "
                     f"this megalmm writes {FORMAT_VERSION}); finish it with that version, or move "
                     "it aside to sample this chain anew")
-            self._layout = _read_layout(self.path)
+            self._layout = read_layout(self.path)
             self._layout_inode = inode
         return self._layout
 
@@ -270,9 +214,9 @@ class ChainFile:
         """The committed iteration and draws (from the commit record, or from the newest
         intact buffer header when the record is torn), the target and the sampling time."""
         with self._reader() as (fd, layout):
-            commit = _commit_record(fd, layout)
+            commit = commit_record(fd, layout)
             active = int(commit[2])
-            header = _header(fd, layout, BUFFERS[active - 1]) if active else None
+            header = buffer_header(fd, layout, BUFFERS[active - 1]) if active else None
         timing = (0.0, 0.0, 0)
         if header is not None and header[1] == commit[1]:
             timing = (int(header[4]) / 1e6, int(header[6]) / 1e6, int(header[7]))
@@ -353,8 +297,8 @@ class ChainFile:
         if self._current is None:
             self._current = self._newest_state(read_parts=False)
         try:
-            parts = _flatten(checkpoint)
-            if _signature(parts) != self.layout().signature:
+            parts = flatten_checkpoint(checkpoint)
+            if state_signature(parts) != self.layout().signature:
                 self._rewrite(checkpoint=checkpoint)
             else:
                 self._commit_in_place(checkpoint, parts)
@@ -368,11 +312,11 @@ class ChainFile:
         current = self._current
         fd = os.open(self.path, os.O_RDWR)
         try:
-            commit = _commit_record(fd, layout)
+            commit = commit_record(fd, layout)
             seq = max(int(commit[1]), current.seq if current is not None else 0) + 1
             kill_point("commit:draws_written")
             buffer = BUFFERS[0] if current is None or current.buffer == BUFFERS[1] else BUFFERS[1]
-            _write_buffer(fd, layout, buffer, parts, checkpoint, seq)
+            write_buffer(fd, layout, buffer, parts, checkpoint, seq)
             kill_point("commit:state_written")
             os.fsync(fd)
             record = [MAGIC, seq, BUFFERS.index(buffer) + 1, checkpoint.iteration,
@@ -382,13 +326,13 @@ class ChainFile:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._current = _State(buffer, seq, checkpoint.iteration, checkpoint.n_draws, None)
+        self._current = BufferState(buffer, seq, checkpoint.iteration, checkpoint.n_draws, None)
 
     def _write_commit_record(self, target: int) -> None:
         layout = self.layout()
         fd = os.open(self.path, os.O_RDWR)
         try:
-            commit = _commit_record(fd, layout)
+            commit = commit_record(fd, layout)
             commit[5] = target
             write_at(fd, layout.offsets["commit"], COMMIT.pack(list(commit)))
             os.fsync(fd)
@@ -410,8 +354,8 @@ class ChainFile:
         progress = self.progress()
         capacity = layout.capacity if capacity is None else capacity
         target = progress.target if target is None else target
-        parts = _flatten(checkpoint) if checkpoint is not None else None
-        signature = _signature(parts) if parts is not None else layout.signature
+        parts = flatten_checkpoint(checkpoint) if checkpoint is not None else None
+        signature = state_signature(parts) if parts is not None else layout.signature
         remove_stale_temporaries(Path(self.path))
         tmp = temporary_path(Path(self.path))
         with self._open() as old:
@@ -421,28 +365,28 @@ class ChainFile:
         reshaped = set(sample_shapes or ())
         shapes.update(sample_shapes or {})
         self._build(tmp, attrs, shapes, capacity, dtype, signature)
-        new_layout = _read_layout(tmp)
+        new_layout = read_layout(tmp)
         fd_old = os.open(self.path, os.O_RDONLY)
         fd = os.open(tmp, os.O_RDWR)
         try:
             if checkpoint is None:
-                commit = _commit_record(fd_old, layout)
+                commit = commit_record(fd_old, layout)
                 seq, active, iteration, n_draws = (int(commit[i]) for i in (1, 2, 3, 4))
                 written = max([n_draws] + [int(h[3]) for h in
-                                           (_header(fd_old, layout, b) for b in BUFFERS) if h is not None])
+                                           (buffer_header(fd_old, layout, b) for b in BUFFERS) if h is not None])
                 for name in sorted(set(shapes) - reshaped):
-                    _copy_rows(fd_old, layout, fd, new_layout, name, min(written, capacity))
+                    copy_rows(fd_old, layout, fd, new_layout, name, min(written, capacity))
                 for buffer in layout.buffers:
-                    _copy_buffer(fd_old, layout, fd, new_layout, buffer)
+                    copy_buffer(fd_old, layout, fd, new_layout, buffer)
                 state = None
             else:
                 for name in sorted(set(shapes) - reshaped):
-                    _copy_rows(fd_old, layout, fd, new_layout, name, checkpoint.n_draws)
-                seq = max(int(_commit_record(fd_old, layout)[1]),
+                    copy_rows(fd_old, layout, fd, new_layout, name, checkpoint.n_draws)
+                seq = max(int(commit_record(fd_old, layout)[1]),
                           current.seq if current is not None else 0) + 1
-                _write_buffer(fd, new_layout, BUFFERS[0], parts, checkpoint, seq)
+                write_buffer(fd, new_layout, BUFFERS[0], parts, checkpoint, seq)
                 active, iteration, n_draws = 1, checkpoint.iteration, checkpoint.n_draws
-                state = _State(BUFFERS[0], seq, iteration, n_draws, None)
+                state = BufferState(BUFFERS[0], seq, iteration, n_draws, None)
             write_at(fd, new_layout.offsets["commit"],
                      COMMIT.pack([MAGIC, seq, active, iteration, n_draws, target, capacity]))
         finally:
@@ -473,7 +417,7 @@ class ChainFile:
                 order = [active] + [b for b in BUFFERS if b != active]
                 seqs = {active: int(commit[1]), order[1]: -int(commit[1])}  # older than active
             else:
-                headers = {b: _header(fd, layout, b) for b in layout.buffers}
+                headers = {b: buffer_header(fd, layout, b) for b in layout.buffers}
                 order = sorted((b for b in headers if headers[b] is not None),
                                key=lambda b: -int(headers[b][1]))
                 seqs = {b: int(headers[b][1]) for b in order}
@@ -485,7 +429,7 @@ class ChainFile:
                 if buffer not in layout.buffers:
                     continue
                 try:
-                    state = _read_buffer(fd, layout, buffer, seqs[buffer], read_parts)
+                    state = read_buffer(fd, layout, buffer, seqs[buffer], read_parts)
                 except (OSError, ValueError, KeyError) as exc:
                     problems.append(f"{buffer}: {exc}")
                     continue
@@ -509,7 +453,7 @@ class ChainFile:
         when the state has no such array), read alone and without its checksum: for display
         (status, report), never for resuming."""
         with self._reader() as (fd, layout):  # one version of the file throughout
-            active = int(_commit_record(fd, layout)[2])
+            active = int(commit_record(fd, layout)[2])
             path = f"{BUFFERS[active - 1]}/arrays/{name}" if active else None
             if path is None or path not in layout.offsets:
                 return None
@@ -554,137 +498,3 @@ class ChainFile:
         os.replace(fixed.path, self.path)
         self._layout = None
         return checkpoint, damaged
-
-
-# ----------------------------------------------------------------------- raw reads and writes
-
-
-@dataclass(frozen=True)
-class _Layout:
-    offsets: dict          # dataset path -> byte offset (None: no storage)
-    nbytes: dict           # dataset path -> bytes
-    shapes: dict           # dataset path -> shape
-    dtypes: dict           # dataset path -> numpy dtype
-    capacity: int
-    signature: str
-    buffers: tuple         # the state buffers present
-
-
-def _read_layout(path) -> _Layout:
-    offsets, nbytes, shapes, dtypes = {}, {}, {}, {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                offsets[name] = dataset_offset(obj)
-                nbytes[name] = int(obj.size) * obj.dtype.itemsize
-                shapes[name] = obj.shape
-                dtypes[name] = obj.dtype
-        f.visititems(visit)
-        return _Layout(offsets, nbytes, shapes, dtypes, int(f.attrs["capacity"]),
-                       str(f.attrs["state_signature"]), tuple(b for b in BUFFERS if b in f))
-
-
-def _commit_record(fd, layout: _Layout) -> np.ndarray:
-    """The commit record's values; a torn record is rebuilt from the newest intact header."""
-    commit = COMMIT.unpack(read_at(fd, layout.offsets["commit"], 8 * COMMIT.width))
-    if commit is not None and int(commit[0]) == MAGIC:
-        return commit
-    headers = [(b, h) for b, h in ((b, _header(fd, layout, b)) for b in layout.buffers) if h is not None]
-    if not headers:
-        return np.array([MAGIC, 0, 0, 0, 0, 0, layout.capacity], dtype=np.int64)
-    buffer, newest = max(headers, key=lambda bh: bh[1][1])
-    return np.array([MAGIC, newest[1], BUFFERS.index(buffer) + 1, newest[2], newest[3], 0,
-                     layout.capacity], dtype=np.int64)
-
-
-def _write_buffer(fd, layout: _Layout, buffer: str, parts: dict, cp: Checkpoint, seq: int) -> None:
-    """Every part, the Generator states and their checksums, then the header."""
-    crcs = []
-    for i, (path, arr) in enumerate(parts.items()):
-        full = f"{buffer}/{path}"
-        data = np.ascontiguousarray(arr, dtype=layout.dtypes[full]).reshape(-1)
-        if layout.offsets[full] is not None and data.size:
-            write_at(fd, layout.offsets[full], data)
-        crcs.append(zlib.crc32(memoryview(data).cast("B")))
-        if i == len(parts) // 2:
-            kill_point("commit:state_half_written")
-    rng = json.dumps(cp.rng_states, sort_keys=True).encode()
-    if len(rng) > RNG_BYTES:
-        raise ValueError("Generator states do not fit their buffer")
-    write_at(fd, layout.offsets[f"{buffer}/rng"], rng)
-    crcs.append(zlib.crc32(rng))
-    crc_array = np.array(crcs, dtype="<i8")
-    write_at(fd, layout.offsets[f"{buffer}/crc"], crc_array)
-    header = [MAGIC, seq, cp.iteration, cp.n_draws, int(round(cp.elapsed * 1e6)), len(rng),
-              int(round(cp.first_seconds * 1e6)), cp.runs, zlib.crc32(crc_array.tobytes())]
-    write_at(fd, layout.offsets[f"{buffer}/header"], HEADER.pack(header))
-
-
-def _header(fd, layout: _Layout, buffer: str):
-    if buffer not in layout.buffers:
-        return None
-    header = HEADER.unpack(read_at(fd, layout.offsets[f"{buffer}/header"], 8 * HEADER.width))
-    return header if header is not None and int(header[0]) == MAGIC else None
-
-
-@dataclass
-class _State:
-    buffer: str
-    seq: int
-    iteration: int
-    n_draws: int
-    checkpoint: Checkpoint | None
-
-
-def _read_buffer(fd, layout: _Layout, buffer: str, seq: int, read_parts: bool) -> _State:
-    """A buffer whose header, sequence number and checksums are right (ValueError if not)."""
-    header = _header(fd, layout, buffer)
-    if header is None:
-        raise ValueError("its header is torn or empty")
-    # seq > 0: exactly that checkpoint; seq <= 0: any checkpoint older than -seq
-    if (seq > 0 and int(header[1]) != seq) or (seq <= 0 and int(header[1]) >= -seq):
-        raise ValueError(f"it holds checkpoint {int(header[1])}, not the expected one")
-    iteration, n_draws, elapsed, rng_len = (int(header[i]) for i in (2, 3, 4, 5))
-    crc_path = f"{buffer}/crc"
-    crc_array = np.frombuffer(read_at(fd, layout.offsets[crc_path], layout.nbytes[crc_path]), "<i8")
-    if zlib.crc32(crc_array.tobytes()) != int(header[8]):
-        raise ValueError("its checksums are damaged")
-    if not read_parts:
-        return _State(buffer, seq, iteration, n_draws, None)
-    sig = json.loads(layout.signature)
-    parts = {}
-    for i, (path, shape, _) in enumerate(sig["parts"]):
-        full = f"{buffer}/{path}"
-        size = layout.nbytes[full] if layout.offsets[full] is not None else 0
-        raw = read_at(fd, layout.offsets[full], size) if size else b""
-        if len(raw) != size or zlib.crc32(raw) != int(crc_array[i]):
-            raise ValueError(f"{path} is damaged")
-        parts[path] = np.frombuffer(raw, dtype=layout.dtypes[full]).reshape(shape).copy()
-    rng = read_at(fd, layout.offsets[f"{buffer}/rng"], rng_len)
-    if zlib.crc32(rng) != int(crc_array[-1]):
-        raise ValueError("the Generator states are damaged")
-    arrays, means = _unflatten(parts, set(sig["lists"]))
-    cp = Checkpoint(iteration, n_draws, arrays, json.loads(rng), means, elapsed / 1e6,
-                    int(header[6]) / 1e6, int(header[7]))
-    return _State(buffer, seq, iteration, n_draws, cp)
-
-
-def _copy_rows(fd_old, old: _Layout, fd_new, new: _Layout, name: str, rows: int) -> None:
-    path = f"samples/{name}"
-    if old.offsets.get(path) is None or new.offsets.get(path) is None or rows == 0:
-        return
-    row_bytes = old.nbytes[path] // max(1, old.capacity)
-    step = max(1, COPY_BYTES // max(1, row_bytes))
-    for start in range(0, rows, step):
-        count = min(step, rows - start)
-        data = read_at(fd_old, old.offsets[path] + start * row_bytes, count * row_bytes)
-        write_at(fd_new, new.offsets[path] + start * row_bytes, data)
-
-
-def _copy_buffer(fd_old, old: _Layout, fd_new, new: _Layout, buffer: str) -> None:
-    for path in old.offsets:
-        if path.startswith(buffer + "/") and old.offsets[path] is not None:
-            size = old.nbytes[path]
-            for start in range(0, size, COPY_BYTES):
-                data = read_at(fd_old, old.offsets[path] + start, min(COPY_BYTES, size - start))
-                write_at(fd_new, new.offsets[path] + start, data)

@@ -246,7 +246,7 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path
     whole = MemoryChain()
     run(small_model, whole)
     chain = new_chain_file(small_model, tmp_path / "chain_1.h5")
-    real_write_buffer = storage._write_buffer
+    real_write_buffer = storage.write_buffer
     calls = {"n": 0}
 
     def full_disk(fd, layout, buffer, parts, cp, seq):
@@ -255,11 +255,11 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(small_model, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_buffer(fd, layout, buffer, parts, cp, seq)
 
-    monkeypatch.setattr(storage, "_write_buffer", full_disk)
+    monkeypatch.setattr(storage, "write_buffer", full_disk)
     with pytest.raises(UserError, match=r"could not write the checkpoint of iteration 45 .*No space left"
                                         r".*previous checkpoint \(iteration 30\) is intact"):
         run(small_model, chain)
-    monkeypatch.setattr(storage, "_write_buffer", real_write_buffer)
+    monkeypatch.setattr(storage, "write_buffer", real_write_buffer)
     chain = ChainFile(chain.path)
     cp = chain.load()
     assert cp.iteration == 30 and chain.read_samples("Lambda").shape[0] == cp.n_draws == 5
@@ -431,11 +431,11 @@ def test_checkpoint_size_estimate_is_exact(small_model):
     """chain_file_bytes (printed before sampling, checked against the free disk) counts the
     checkpoint's arrays exactly as to_checkpoint makes them."""
     from megalmm_cli.chain import checkpoint_bytes
-    from megalmm_cli.storage import _flatten
+    from megalmm_cli.chainformat import flatten_checkpoint
 
     store = MemoryChain()
     run_chain(small_model, store, Plan(5, 10, 2, 0, 15), ("f_h2",), MEANS, seed=1, chain=1)
-    parts = _flatten(store.load())
+    parts = flatten_checkpoint(store.load())
     assert sum(a.nbytes for a in parts.values()) == checkpoint_bytes(small_model, MEANS)
 
 
