@@ -2,14 +2,13 @@
 
 import errno
 import sys
-import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .console import echo, progress_bar, stage_bar, warn
 from .errors import UserError
 from .signals import StopSignal
 
@@ -27,18 +26,6 @@ verbose_option = click.option("-v", "--verbose", is_flag=True, help="Show traceb
 progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Progress bars on stderr (default: on when stderr is a terminal).")
-
-
-def _progress_enabled(flag) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
-
-
-def _echo(message: str) -> None:
-    click.echo(message)
-
-
-def _warn(message: str) -> None:
-    click.echo(f"megalmm: warning: {message}", err=True)
 
 
 def _run(action, verbose: bool):
@@ -147,7 +134,7 @@ def simulate(outdir, n, t, k, missing, n_new, n_markers, factors, blocks, loadin
         sim = simulate_data(n, t, k, missing=missing, seed=seed, n_markers=n_markers, n_new=n_new,
                             n_blocks=blocks, loading_decay=loading_decay)
         paths = write_simulation(sim, Path(outdir), factors=factors)
-        _echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
+        echo(f"wrote a simulated data set ({n} individuals, {t} traits, {k} factors, "
               f"{missing:.0%} missing) to {outdir}/; config: {paths['config']}")
 
     _run(action, verbose)
@@ -199,7 +186,7 @@ def cv_split(config, n_folds, group_column, outdir, seed, verbose):
         table = cv_folds(pheno.ids, pheno.traits, pheno.values, groups, n_folds, seed)
         paths = write_fold_files(table, outdir)
         in_folds = int(table["fold"].notna().sum())
-        _echo(f"wrote {len(paths)} fold files to {outdir}/ ({in_folds} of {len(table)} observed "
+        echo(f"wrote {len(paths)} fold files to {outdir}/ ({in_folds} of {len(table)} observed "
               "cells are test cells in some fold)")
 
     _run(action, verbose)
@@ -229,10 +216,10 @@ def prepare(config, force, max_memory, progress, verbose):
 
         cfg = _load(config)
         limit = _parse_size(max_memory) if max_memory else None
-        bar = _bar(progress, "prepare: groups", unit="group")
+        bar = progress_bar(progress, "prepare: groups", unit="group")
         try:
             run_prepare(cfg, force=force, max_memory=limit, progress=bar.update_to if bar is not None else None,
-                        echo=_echo)
+                        echo=echo)
         finally:
             if bar is not None:
                 bar.close()
@@ -249,43 +236,6 @@ def _parse_size(text: str) -> int:
     except ValueError:
         raise UserError(f"--max-memory: '{text}' is not a size; use e.g. 16G or 500M") from None
     return int(number * units[unit])
-
-
-def _bar(flag, desc, total=None, initial=0, unit="it"):
-    if not _progress_enabled(flag):
-        return None
-    from tqdm import tqdm
-
-    class Bar(tqdm):
-        def update_to(self, done, total=None, desc=None):
-            if desc is not None and desc != self.desc:
-                self.set_description(desc, refresh=False)
-                self.reset(total)
-            if total is not None:
-                self.total = total
-            self.update(done - self.n)
-
-    return Bar(desc=desc, total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-
-@contextmanager
-def _stage_bar(flag, desc: str, unit: str):
-    """A progress bar driven by callback(done, total, description); yields the callback, or
-    None when bars are off."""
-    bar = _bar(flag, desc, unit=unit)
-    if bar is None:
-        yield None
-        return
-
-    def stage(done, total, description):
-        bar.total = total
-        bar.set_description(description, refresh=False)
-        bar.update(done - bar.n)
-
-    try:
-        yield stage
-    finally:
-        bar.close()
 
 
 @main.command()
@@ -329,6 +279,7 @@ def sample(config, chain, iterations, cache_mode, progress, verbose):
             pause_point("sample:handlers_installed")
             from .prepare import is_up_to_date, run_prepare
             from .runinfo import check_chain_number
+            from .sample_run import sample_chain
 
             cfg = _load(config)
             if iterations is not None and iterations < 1:
@@ -336,157 +287,15 @@ def sample(config, chain, iterations, cache_mode, progress, verbose):
             if chain is not None:
                 check_chain_number(cfg, chain)
             if not is_up_to_date(cfg):
-                _echo("prepared.h5 is missing or out of date: running prepare first")
-                run_prepare(cfg, echo=_echo)
+                echo("prepared.h5 is missing or out of date: running prepare first")
+                run_prepare(cfg, echo=echo)
             chains = [chain] if chain is not None else list(range(1, cfg.mcmc.chains + 1))
             for number in chains:
-                code = _sample_chain(cfg, number, iterations, progress, cache_mode, stop)
+                code = sample_chain(cfg, number, iterations, progress, cache_mode, stop)
                 if code:
                     sys.exit(code)
 
         _run(action, verbose)
-
-
-def _sample_chain(cfg, number, iterations, progress, cache_mode, stop) -> int:
-    from .lock import chain_lock
-    from .runinfo import chain_path
-
-    path = chain_path(cfg, number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with chain_lock(path):  # taken before the chain file is created or resumed
-        return _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, stop)
-
-
-def _sample_locked_chain(cfg, number, iterations, path, progress, cache_mode, stop) -> int:
-    import numpy as np
-
-    from .chain import Plan, chain_file_bytes, recorded_samples, run_chain
-    from .factor_count import adaptation_rule
-    from .posterior import param_shape
-    from .prepare import load_model
-    from .rawh5 import remove_stale_temporaries
-    from .runinfo import sampling_hash
-    from .storage import ChainFile
-
-    storage = ChainFile(path)
-    remove_stale_temporaries(path)  # left by a writer killed while rewriting the file
-    names = recorded_samples(cfg.posterior.samples, cfg.posterior.means)
-    expected = sampling_hash(cfg)
-    started = time.perf_counter()
-    model = load_model(cfg, cache_in_memory={"auto": None, "memory": True, "disk": False}[cache_mode])
-    if model.n_effects > 1:
-        where = ("in memory" if isinstance(model.factor_cache.transforms, np.ndarray)
-                 else "read from disk one slice at a time")
-        _echo(f"chain {number}: {model.n_effects} random effects ({', '.join(model.effect_names)}); "
-              f"Grid-LMM cache {where}")
-    recorded = 0
-    if storage.exists():
-        attrs = storage.attrs()
-        if attrs.get("config_hash") != expected:
-            raise UserError(
-                f"{path}: was sampled with a different config (data, model, priors, seed or "
-                f"burn_in/thin/reorder_every changed); restore that config, or move {path} "
-                "aside (mv) to sample this chain anew")
-        if attrs.get("numpy_version") != np.__version__:
-            click.echo(f"megalmm: warning: {path} was written with numpy {attrs.get('numpy_version')}, "
-                       f"this is numpy {np.__version__}: the resumed chain is valid but may not "
-                       "repeat an uninterrupted one bit for bit", err=True)
-        recorded = storage.progress().target
-    burn_in = cfg.mcmc.burn_in
-    target = (burn_in + iterations if iterations is not None
-              else max(recorded, burn_in + cfg.mcmc.samples))
-    plan = Plan(burn_in, target - burn_in, cfg.mcmc.thin, cfg.mcmc.reorder_every,
-                cfg.mcmc.checkpoint_every)
-    done = storage.progress() if storage.exists() else None
-    if done is not None and done.iteration >= target:
-        _echo(f"chain {number} is complete ({done.iteration} iterations, {done.n_draws} draws in "
-              f"{path}); use --iterations to extend it")
-        return 0
-    shapes = {name: param_shape(model, name) for name in names}
-    capacity = max(plan.draws(target), done.n_draws if done is not None else 0)
-    dtype = cfg.posterior.dtype
-    adaptation = adaptation_rule(cfg.model.factors, model.t, plan.burn_in)
-    largest, bound = model, ""
-    if adaptation is not None:
-        if done is not None and done.iteration > adaptation.last_iteration:  # k is final
-            largest = model.with_factors(storage.read_state_array("factor_path")[-1, 1])
-        else:  # sized for the largest k it may reach
-            largest = model.with_factors(adaptation.max_factors)
-            bound = f"at most (with {adaptation.max_factors} factors) "
-        if adaptation.last_iteration < MIN_ADAPTATION and (done is None or done.iteration == 0):
-            click.echo(f"megalmm: warning: model.factors: auto adapts k during the first "
-                       f"{adaptation.last_iteration} iterations only (80% of mcmc.burn_in); give "
-                       "burn-in a few hundred iterations", err=True)
-    size = chain_file_bytes(largest, {name: param_shape(largest, name) for name in names},
-                            capacity, dtype, cfg.posterior.means)
-    _check_disk(path, size, done is not None and done.capacity != capacity)
-    _echo(f"chain {number}: chain file {bound}{_human(size)} ({capacity} draws of "
-          f"{', '.join(shapes)} as {dtype}, two checkpoints of the state) in {path}")
-    if adaptation is not None and (done is None or done.iteration == 0):
-        _echo(f"chain {number}: number of factors chosen during the first "
-              f"{adaptation.last_iteration} iterations of burn-in, starting from {model.k} "
-              f"(at most {adaptation.max_factors})")
-    if done is None:
-        storage.create({"config_hash": expected, "chain": number, "seed": cfg.run.seed,
-                        "burn_in": plan.burn_in, "thin": plan.thin}, shapes, capacity, dtype, target)
-    else:
-        storage.set_target(target, capacity)
-    at = done.iteration if done is not None else 0
-    setup = time.perf_counter() - started
-    bar = _bar(progress, f"chain {number}", total=plan.total, initial=at)
-    verb = "resuming" if at else "starting"
-    _echo(f"chain {number}: {verb} at iteration {at} of {plan.total} "
-          f"(burn-in {plan.burn_in}, thin {plan.thin}); set-up {setup:.1f} s")
-    stop.sampling = True
-    try:
-        result = run_chain(model, storage, plan, names, cfg.posterior.means,
-                           cfg.run.seed, number,
-                           progress=(lambda i: bar.update_to(at + i)) if bar is not None else None,
-                           stop=stop, draw_dtype=cfg.posterior.dtype, adaptation=adaptation)
-    finally:
-        stop.sampling = False
-        if bar is not None:
-            bar.close()
-    if storage.fell_back:
-        click.echo(f"megalmm: warning: {path}: {storage.fell_back}; resumed from the checkpoint "
-                   "before it (the chain is the same, some iterations were run again)", err=True)
-    rest = max(1, result.iterations_done - 1)
-    per_iter = (result.seconds - result.first_seconds) / rest if result.iterations_done > 1 else result.seconds
-    if result.interrupted_by is not None:
-        _echo(f"chain {number}: stopped by signal {result.interrupted_by} at iteration "
-              f"{result.iteration}; checkpoint written to {path}; re-run the same command to resume")
-        return 128 + int(result.interrupted_by)
-    _echo(f"chain {number}: {result.iterations_done} iterations in {result.seconds:.1f} s "
-          f"({per_iter:.4f} s/iteration; the first, with compilation, {result.first_seconds:.1f} s), "
-          f"{result.n_draws} draws in {path}")
-    return 0
-
-
-MIN_ADAPTATION = 100  # `model.factors: auto` with fewer adaptation iterations gets a warning
-
-
-def _human(size: float) -> str:
-    from .prepare import human_bytes
-
-    return human_bytes(size)
-
-
-def _check_disk(path, size: int, rewrite: bool) -> None:
-    """Refuse to sample when the chain file will not fit on its disk. A chain file being
-    resized is written anew beside the old one; otherwise only the part not yet on disk
-    (its draws are allocated but written as sampling goes) is needed."""
-    import shutil
-
-    on_disk = 0
-    if path.exists() and not rewrite:
-        on_disk = path.stat().st_blocks * 512
-    need = max(0, size - on_disk)
-    free = shutil.disk_usage(path.parent).free
-    if need > free:
-        raise UserError(
-            f"{path}: the chain file needs {_human(need)} more but {path.parent} has {_human(free)} "
-            "free; free disk space, store fewer draws (raise mcmc.thin, or drop large "
-            "parameters from posterior.samples), or set posterior.dtype: float32")
 
 
 @main.command()
@@ -520,10 +329,10 @@ def predict(config, verbose, new_kinship, test_file, progress):
     def action():
         from .predict import run_predict
 
-        bar = _bar(progress, "predict", unit="row")
+        bar = progress_bar(progress, "predict", unit="row")
         try:
-            run_predict(_load(config), echo=_echo, new_kinship=new_kinship, test_file=test_file,
-                        warn=_warn, progress=bar.update_to if bar is not None else None)
+            run_predict(_load(config), echo=echo, new_kinship=new_kinship, test_file=test_file,
+                        warn=warn, progress=bar.update_to if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -555,8 +364,8 @@ def summarize(config, progress, verbose):
     def action():
         from .summarize import run_summarize
 
-        with _stage_bar(progress, "summarize", "stage") as stage:
-            run_summarize(_load(config), echo=_echo, warn=_warn, progress=stage)
+        with stage_bar(progress, "summarize", "stage") as stage:
+            run_summarize(_load(config), echo=echo, warn=warn, progress=stage)
 
     _run(action, verbose)
 
@@ -584,8 +393,8 @@ def export(config, output, progress, verbose):
     def action():
         from .export import run_export
 
-        with _stage_bar(progress, "export", "part") as part:
-            run_export(_load(config), output=output, echo=_echo, warn=_warn, progress=part)
+        with stage_bar(progress, "export", "part") as part:
+            run_export(_load(config), output=output, echo=echo, warn=warn, progress=part)
 
     _run(action, verbose)
 
@@ -606,7 +415,7 @@ def status(config, verbose):
     def action():
         from .status import chain_status, format_status
 
-        _echo(format_status(chain_status(_load(config))))
+        echo(format_status(chain_status(_load(config))))
 
     _run(action, verbose)
 
@@ -643,11 +452,11 @@ def repair(config, chain, verbose):
                 stored = store.progress().n_draws
                 intact, kept, problem = store.check()
                 if intact:
-                    _echo(f"{path}: intact ({stored} draws, iteration "
+                    echo(f"{path}: intact ({stored} draws, iteration "
                           f"{kept.iteration if kept is not None else 0})")
                     continue
                 kept, damaged = store.repair()
-                _echo(f"{path}: repaired ({problem}): kept {kept.n_draws} draws up to iteration "
+                echo(f"{path}: repaired ({problem}): kept {kept.n_draws} draws up to iteration "
                       f"{kept.iteration} ({stored - kept.n_draws} later draws dropped, they are "
                       f"sampled again); the damaged file is {damaged}; re-run `megalmm sample` "
                       "to continue")
