@@ -127,7 +127,7 @@ def random_effects_by_effect(model: Model, state: State) -> tuple[np.ndarray, np
     N, n = len(model.ids), model.n
     rng = state.pred_rng
     rot = model.factor_rot
-    f_resid = rot.vectors.T @ (state.F - model.x2 @ state.B2F)
+    f_resid = matmul(rot.vectors.T, state.F - model.x2 @ state.B2F)
     u_f = _each_effect(model.factor_cache, rot.vectors, f_resid, model.grid[state.f_h2_index],
                        state.tot_f_prec, state.f_h2_index, model.factor_effect_projections, N,
                        np.arange(n), rng)

@@ -301,11 +301,11 @@ def sample_scores_and_factor_effects(model: Model, state: State) -> None:
         if common.any():
             first = model.groups[0]  # every group is on all training rows here
             x_rot = (first.x1_rot if np.array_equal(first.x1_keep, common)
-                     else model.factor_rot.vectors.T @ model.x1[:, common])
+                     else matmul(model.factor_rot.vectors.T, model.x1[:, common]))
             translate_factor_means(state, common, x_rot, f_rot, prior_mean, prior_prec)
         if model.k > 1:
             rotate_factor_pairs(state, f_rot, prior_mean, prior_prec)
-        state.F = model.factor_rot.vectors @ f_rot
+        state.F = matmul(model.factor_rot.vectors, f_rot)
         state.U_F_rot = sample_random_effects(f_rot - prior_mean, values, h2, state.tot_f_prec,
                                               normals(state.rng, (model.n, model.k)))
 
