@@ -405,3 +405,30 @@ def test_sign_flip_leaks_nothing_into_a_heavily_shrunk_factor():
     assert np.abs(sin).max() < 1e-30
     assert 100 < (cos < 0).sum() < 300  # the flip happens, exactly
     np.testing.assert_array_equal(np.abs(cos), 1.0)
+
+
+@pytest.mark.parametrize("k", [5, 120])  # the inline Cholesky, and LAPACK's above 100
+def test_rotated_scores_do_not_depend_on_memory_placement_or_threads(k):
+    """The same inputs at other addresses (8-byte offsets) and on one or two threads give
+    bitwise the same scores, or a resumed chain would not repeat an uninterrupted one."""
+    from megalmm_cli.gibbs import factors as factors_mod
+
+    from .conftest import numba_threads
+
+    assert (k <= factors_mod.SCALAR_CHOLESKY_MAX) == (k == 5)
+    rng = np.random.default_rng(k)
+    n = 40
+    a = rng.standard_normal((k, 2 * k))
+    arrays = {"rhs": rng.standard_normal((n, k)), "precision": a @ a.T,
+              "prior_prec": rng.uniform(0.5, 2.0, (n, k)), "normals": rng.standard_normal((n, k))}
+    results = set()
+    for offset in range(4):
+        placed = {}
+        for name, value in arrays.items():
+            buffer = np.empty(value.size + 8)
+            placed[name] = buffer[offset:offset + value.size].reshape(value.shape)
+            placed[name][...] = value
+        for threads in (1, 2):
+            with numba_threads(threads):
+                results.add(sample_rotated_scores(**placed).tobytes())
+    assert len(results) == 1

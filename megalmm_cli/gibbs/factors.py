@@ -73,6 +73,9 @@ def sample_rotated_scores(rhs, precision, prior_prec, normals):
                                     np.ascontiguousarray(prior_prec), np.ascontiguousarray(normals))
 
 
+SCALAR_CHOLESKY_MAX = 100  # k up to which a row's k x k Cholesky is faster inline than by LAPACK
+
+
 @njit(parallel=True, cache=True)
 def _draw_rows_plus_diagonal(rhs, precision, prior_prec, normals):
     n, k = rhs.shape
@@ -81,7 +84,11 @@ def _draw_rows_plus_diagonal(rhs, precision, prior_prec, normals):
         system = precision.copy()
         for q in range(k):
             system[q, q] += prior_prec[i, q]
-        low = np.linalg.cholesky(system)  # LAPACK: blocked, much faster than a scalar loop
+        if k <= SCALAR_CHOLESKY_MAX:  # small: LAPACK's call costs more than the factorisation
+            low = np.zeros((k, k))
+            cholesky_into(system, low)
+        else:  # LAPACK: blocked, faster than the scalar loop for large k
+            low = np.linalg.cholesky(system)
         work = np.empty(k)
         draw_with_factor(low, rhs[i], normals[i], work, scores[i])
     return scores
@@ -103,8 +110,10 @@ def sample_translation(x, resid, weights, normals):
     mean; weights: (n, k) prior precision of each entry of F (independent entries in this basis);
     normals: (b, k). Column q: a_q ~ N(-(X' W_q X)^-1 X' W_q r_q, (X' W_q X)^-1).
     """
-    gram = np.einsum("ib,iq,ic->qbc", x, weights, x)          # (k, b, b)
-    rhs = np.einsum("ib,iq->qb", x, weights * resid)          # (k, b)
+    n, b = x.shape
+    outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
+    gram = (weights.T @ outer).reshape(-1, b, b)               # (k, b, b): X' W_q X
+    rhs = (weights * resid).T @ x                              # (k, b)
     low = np.linalg.cholesky(gram)
     mean = -np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
     noise = np.linalg.solve(np.swapaxes(low, 1, 2), normals.T[:, :, None])[:, :, 0]
