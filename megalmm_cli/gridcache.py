@@ -194,40 +194,53 @@ WHITENED_MAX_BYTES = 1 << 30
 
 
 def whitened_bytes(n_rows: int, n_cols: int, n_slices: int) -> int:
-    """Bytes WhitenedData holds for a group: T_s y of every slice, and y itself."""
+    """Bytes WhitenedData holds for a group of n_rows x n_cols: T_s y of every slice, y itself."""
     return 8 * (n_slices + 1) * n_rows * n_cols
 
 
 class WhitenedData:
-    """T_s y* for every slice s of a group's cache, recomputed only for the columns of y*
-    that changed since the last call (in a complete-data group, none: the data are fixed).
+    """T_s y* for every slice s of a group's cache, kept between iterations.
+
+    The group's columns are whitened in fixed batches (batches: a partition of the columns,
+    e.g. the columns with imputed cells and the others), and a batch is whitened again, whole,
+    when any of its columns changed since the last call. So a column's T_s y* never depends on
+    what happened before (a resumed chain, whose cache starts empty, repeats an uninterrupted
+    one bit for bit), and in a run only the columns with imputed cells are whitened again.
 
     Then the grid log-likelihood of a residual y* - X b at every grid point needs T_s X and
-    (T_s X) b per slice, n b (n + c) flops, instead of T_s (y* - X b), n^2 c. Columns with
-    imputed cells change every iteration and cost what they did before.
+    (T_s X) b per slice, n b (n + c) flops, instead of T_s (y* - X b), n^2 c.
     """
 
-    def __init__(self, cache: GridCache):
+    def __init__(self, cache: GridCache, batches):
         self.cache = cache
+        self.batches = [np.asarray(b, dtype=np.int64) for b in batches if len(b)]
         self.y = None       # (n, c) the data last whitened
         self.white = None   # (S, n, c)
 
     def update(self, y_rot: np.ndarray) -> np.ndarray:
         """(S, n, c) T_s y_rot for every slice, y_rot (n, c) the group's rotated data."""
-        if self.y is None or self.y.shape != y_rot.shape:
-            self.y = np.array(y_rot)
+        first = self.y is None
+        if first:
+            self.y = np.empty_like(y_rot)
             self.white = np.empty((self.cache.n_slices,) + y_rot.shape)
-            changed = np.arange(y_rot.shape[1])
-        else:
-            changed = np.flatnonzero(np.any(self.y != y_rot, axis=0))
-            self.y[:, changed] = y_rot[:, changed]
-        if changed.size:
-            whole = changed.size == y_rot.shape[1]
-            values = self.y if whole else self.y[:, changed]
+        for cols in self.batches:
+            values = y_rot[:, cols]
+            if not first and np.array_equal(values, self.y[:, cols]):
+                continue
+            self.y[:, cols] = values
             for s in range(self.cache.n_slices):
-                product = matmul(self.cache.transform(s), values)
-                if whole:
-                    self.white[s] = product
-                else:
-                    self.white[s][:, changed] = product
+                self.white[s][:, cols] = matmul(self.cache.transform(s), values)
         return self.white
+
+
+class SliceProducts:
+    """T_s x (n, b) for the slices asked for, each computed once: what one iteration's steps
+    2 and 3 share for a group's x = [X1*, F*] (freed with the object, after the group)."""
+
+    def __init__(self, cache: GridCache, x: np.ndarray):
+        self.cache, self.x, self.done = cache, x, {}
+
+    def __call__(self, s: int) -> np.ndarray:
+        if s not in self.done:
+            self.done[s] = matmul(self.cache.transform(s), self.x)
+        return self.done[s]

@@ -64,7 +64,8 @@ class GroupModel:
         if self.cache is None or whitened_bytes(self.rows.size, self.cols.size,
                                                 self.cache.n_slices) > WHITENED_MAX_BYTES:
             return None
-        return WhitenedData(self.cache)
+        imputed = np.diff(self.miss_ptr) > 0  # these columns change every iteration
+        return WhitenedData(self.cache, [np.flatnonzero(~imputed), np.flatnonzero(imputed)])
 
     @cached_property
     def half_logdet(self) -> np.ndarray:

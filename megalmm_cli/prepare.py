@@ -172,7 +172,7 @@ def load_inputs(config: Config) -> Inputs:
 
 
 def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
-                    n_effects: int = 1) -> int:
+                    n_effects: int = 1, group_traits=None, k: int = 0) -> int:
     """Bytes prepare (and later sample) holds at peak, the Grid-LMM cache excluded.
 
     group_rows: number of rows of each missing-data group. Counts the kinships (twice: as read
@@ -181,7 +181,9 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
     rotated data, U_R, running means). With several effects also the effect blocks and slice
     workspace of the group being built, one conditioning map per effect, and the running
     means and per-draw arrays of each effect's genetic values (U_by_effect), and each group's
-    whitened data (gridcache.WhitenedData, at most WHITENED_MAX_BYTES per group).
+    whitened data (gridcache.WhitenedData, for the groups where it fits WHITENED_MAX_BYTES;
+    group_traits: each group's number of traits, t for all when not given), and one group's
+    whitened covariates and factors T_s [X1, F] (k: the largest number of factors).
     """
     n_train = max(group_rows)
     n_points = grid_point_count(n_effects, divisions)
@@ -190,8 +192,10 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
     if n_effects > 1:
         floats += (n_effects + 4) * n_train * n_train + 8 * n_effects * n_all * t
         n_slices = slice_count(n_effects, divisions)
-        floats += sum(min(WHITENED_MAX_BYTES, whitened_bytes(n_g, t, n_slices)) // 8
-                      for n_g in group_rows)
+        traits = group_traits if group_traits is not None else [t] * len(group_rows)
+        floats += sum(whitened_bytes(n_g, t_g, n_slices) // 8 for n_g, t_g in zip(group_rows, traits)
+                      if whitened_bytes(n_g, t_g, n_slices) <= WHITENED_MAX_BYTES)
+        floats += n_slices * n_train * (b + k)  # one group's T_s [X1, F] (SliceProducts)
     for n_g in group_rows:
         n_o = n_all - n_g
         maps = n_effects if n_effects > 1 else 1
@@ -511,7 +515,8 @@ def _prepare(config: Config, inputs: Inputs, path: Path, max_memory, progress, e
     n_effects = len(inputs.kinships)
     group_rows = [g.rows.size for g in groups]
     need = memory_estimate(n_all, group_rows, t, config.model.h2_divisions, inputs.x1.shape[1],
-                           n_effects)
+                           n_effects, [g.cols.size for g in groups],
+                           factor_range(config.model.factors, t)[1])
     limit = max_memory if max_memory is not None else int(0.8 * available_memory())
     echo(f"data: {n_all} individuals ({int(train.sum())} with phenotypes), {t} traits, "
          f"{int(observed.sum())} observed training cells, {inputs.test_rows.size} test cells, "

@@ -14,6 +14,7 @@ from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_co
                               sample_horseshoe_lambda)
 from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
                              sample_random_effects_general)
+from .gridcache import SliceProducts
 from .gridlmm import draw_grid_index
 from .model import Model
 from .state import State
@@ -74,12 +75,12 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
         tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma,
                                   normals(rng, coefs_t.shape), coefs_t)
     else:
-        # complete-data columns: T_s y* kept from the last iteration, T_s X for every slice
+        # T_s y* kept from the last iteration where the data did not change (gridcache.py),
+        # and T_s X* computed once for steps 2 and 3
         white_y = None if g.whitened is None else g.whitened.update(state.Y_rot[gi])
-        white_x = None if white_y is None else np.stack(
-            [matmul(cache.transform(s), x_rot) for s in range(cache.n_slices)])
+        white_x = None if white_y is None else SliceProducts(cache, x_rot)
         tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], index, prior_prec, rate0, std_gamma,
-                            normals(rng, coefs_t.shape), coefs_t, white_x, white_y)
+                            normals(rng, coefs_t.shape), coefs_t, white_y, white_x)
     coefs = coefs_t.T
     state.tot_eta_prec[cols] = tau
     b1_block = np.zeros((state.B1.shape[0], t_g))
@@ -95,7 +96,8 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
         state.U_R_rot[gi] = sample_random_effects(
             resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
     else:
-        white = None if white_y is None else (lambda s: white_y[s] - matmul(white_x[s], coefs))
+        white = None if white_y is None else (  # T_s (y* - X b) = T_s y* - (T_s X) b
+            lambda s: white_y[s] - matmul(white_x(s), coefs))
         loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior, white)
         index = draw_grid_index(loglik, rng.random(t_g))
         state.U_R_rot[gi] = sample_random_effects_general(
@@ -270,7 +272,8 @@ def translate_factor_means(state: State, common, x, scores, prior_mean, prior_pr
 def common_fixed_columns(model: Model) -> np.ndarray:
     """(b1,) bool: fixed-effect columns estimated in every missing-data group, those the
     translation move may shift (a column dropped by a group keeps B1 = 0 there). None under a
-    proper prior on B1 (priors.b1_prec > 0), where the move would change B1's prior density."""
+    proper prior on B1 (priors.b1_prec > 0: all False), where the move would change B1's prior
+    density."""
     common = np.full(model.x1.shape[1], model.priors.b1_prec == 0)
     for g in model.groups:
         common &= g.x1_keep

@@ -191,19 +191,19 @@ def _weight_columns(y_rot, weights, grid_index, out):
 
 
 def draw_by_slice(cache, x_rot, y_rot, index, prior_prec, rate0, std_gamma, noise, coefs_t,
-                  white_x=None, white_y=None):
+                  white_y=None, white_x=None):
     """Step 2 (or its factor analogue) on the general path: columns grouped by the slice of
     their grid point, whitened by its transform, then the usual per-grid-point draws.
 
     x_rot: (n, b); y_rot: (n, c); index: (c,); prior_prec, noise, coefs_t: (c, b) (coefs_t is
-    overwritten with the draw); rate0, std_gamma: (c,). white_x (S, n, b) and white_y
-    (S, n, c), when given, hold T_s x_rot and T_s y_rot already. Returns tot_prec (c,).
+    overwritten with the draw); rate0, std_gamma: (c,). white_y (S, n, c), when given, holds
+    T_s y_rot already; white_x(s), when given, returns T_s x_rot. Returns tot_prec (c,).
     """
     tau = np.empty(y_rot.shape[1])
     for s, cols in cache.columns_by_slice(index):
         if white_x is None or white_y is None:
             transform = cache.transform(s)
-        wx = matmul(transform, x_rot) if white_x is None else white_x[s]
+        wx = matmul(transform, x_rot) if white_x is None else white_x(s)
         wy = matmul(transform, y_rot[:, cols]) if white_y is None else white_y[s][:, cols]
         gram, grid_of_col, xty, yty = grouped_normal_equations(wx, wy, cache.weights, index[cols])
         sub = np.ascontiguousarray(coefs_t[cols])
