@@ -271,8 +271,8 @@ def translate_factor_means(state: State, common, x, scores, prior_mean, prior_pr
 
 def common_fixed_columns(model: Model) -> np.ndarray:
     """(b1,) bool: fixed-effect columns estimated in every missing-data group, those the
-    translation move may shift (a column dropped by a group keeps B1 = 0 there). None under a
-    proper prior on B1 (priors.b1_prec > 0: all False), where the move would change B1's prior
+    translation move may shift (a column dropped by a group keeps B1 = 0 there). No column
+    under a proper prior on B1 (priors.b1_prec > 0), where the move would change B1's prior
     density."""
     common = np.full(model.x1.shape[1], model.priors.b1_prec == 0)
     for g in model.groups:
