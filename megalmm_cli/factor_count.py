@@ -91,8 +91,8 @@ def adapt_factors(model: Model, state: State, rule: AdaptationRule) -> Model:
         keep[by_size[SPARE:]] = False
         drop_factors(model, state, keep)
     elif negligible.size < SPARE and k < rule.max_factors:
-        for _ in range(min(max(SPARE - negligible.size, round(GROWTH * k)), rule.max_factors - k)):
-            add_factor(model, state)
+        add_factors(model, state, min(max(SPARE - negligible.size, round(GROWTH * k)),
+                                      rule.max_factors - k))
     else:
         return model
     new_k = state.Lambda.shape[0]
@@ -115,37 +115,46 @@ def drop_factors(model: Model, state: State, keep: np.ndarray) -> None:
     state.lambda_prec = _lambda_prec(model, state)
 
 
-def add_factor(model: Model, state: State) -> None:
-    """Append one factor: local precisions and loadings from the prior, given delta = 1 (at
-    the last factor's prior scale: from the delta prior it would start smaller than the last
-    factor, usually negligible, and be dropped again); scores N(0, 1) (tot_f_prec = 1, U_F =
-    0), h2 uniform on the grid, B2F = 0 with its prior's starting values."""
+def add_factors(model: Model, state: State, count: int) -> None:
+    """Append `count` factors: local precisions and loadings from the prior, given delta = 1
+    (at the last factor's prior scale: from the delta prior a new factor would start smaller
+    than the last one, usually negligible, and be dropped again); scores N(0, 1) (tot_f_prec =
+    1, U_F = 0), h2 uniform on the grid, B2F = 0 with its prior's starting values. The random
+    numbers are drawn factor by factor; every array grows once."""
     p, rng = model.priors, state.rng
     t = state.Lambda.shape[1]
-    if p.lambda_type == "ARD":
-        phi = rng.gamma(p.lambda_df / 2.0, 2.0 / p.lambda_df, size=t)
-        nu = np.ones(t)
-    else:
-        nu = 1.0 / rng.gamma(0.5, 1.0, size=t)                # local_nu ~ IG(1/2, 1)
-        phi = (1.0 / nu) / rng.gamma(0.5, 1.0, size=t)        # local2 ~ IG(1/2, 1/nu)
-    state.delta = np.append(state.delta, 1.0)
-    state.lambda_phi = np.vstack([state.lambda_phi, phi])
-    state.lambda_nu = np.vstack([state.lambda_nu, nu])
-    state.lambda_prec = _lambda_prec(model, state)
-    loadings = rng.standard_normal(t) / np.sqrt(state.tot_eta_prec * state.lambda_prec[-1])
-    state.Lambda = np.vstack([state.Lambda, loadings])
     n, b2 = state.F.shape[0], state.B2F.shape[0]
-    state.F = np.hstack([state.F, rng.standard_normal((n, 1))])
-    state.U_F_rot = np.hstack([state.U_F_rot, np.zeros((n, 1))])
-    state.tot_f_prec = np.append(state.tot_f_prec, 1.0)
-    state.f_h2_index = np.append(state.f_h2_index, rng.integers(0, model.grid.shape[0]))
-    state.B2F = np.hstack([state.B2F, np.zeros((b2, 1))])
-    state.B2F_prec = np.hstack([state.B2F_prec, np.full((b2, 1), p.b2_ridge_prec)])
-    state.b2_local2 = np.hstack([state.b2_local2, np.ones((b2, 1))])
-    state.b2_local_nu = np.hstack([state.b2_local_nu, np.ones((b2, 1))])
-    state.b2_global2 = np.append(state.b2_global2, 1.0)
-    state.b2_global_xi = np.append(state.b2_global_xi, 1.0)
-    state.factor_share = np.append(state.factor_share, np.nan)
+    phis, nus, loadings, scores, h2_index = [], [], [], [], []
+    for _ in range(count):
+        if p.lambda_type == "ARD":
+            phi = rng.gamma(p.lambda_df / 2.0, 2.0 / p.lambda_df, size=t)
+            nu = np.ones(t)
+        else:
+            nu = 1.0 / rng.gamma(0.5, 1.0, size=t)                # local_nu ~ IG(1/2, 1)
+            phi = (1.0 / nu) / rng.gamma(0.5, 1.0, size=t)        # local2 ~ IG(1/2, 1/nu)
+        state.delta = np.append(state.delta, 1.0)
+        tau = np.cumprod(state.delta)[-1]  # the new factor's row of loading_precision
+        prec = phi * tau if p.lambda_type == "ARD" else tau / (state.lambda_global[0] * phi)
+        phis.append(phi)
+        nus.append(nu)
+        loadings.append(rng.standard_normal(t) / np.sqrt(state.tot_eta_prec * prec))
+        scores.append(rng.standard_normal((n, 1)))
+        h2_index.append(rng.integers(0, model.grid.shape[0]))
+    state.lambda_phi = np.vstack([state.lambda_phi] + phis)
+    state.lambda_nu = np.vstack([state.lambda_nu] + nus)
+    state.lambda_prec = _lambda_prec(model, state)
+    state.Lambda = np.vstack([state.Lambda] + loadings)
+    state.F = np.hstack([state.F] + scores)
+    state.U_F_rot = np.hstack([state.U_F_rot, np.zeros((n, count))])
+    state.tot_f_prec = np.append(state.tot_f_prec, np.ones(count))
+    state.f_h2_index = np.append(state.f_h2_index, h2_index)
+    state.B2F = np.hstack([state.B2F, np.zeros((b2, count))])
+    state.B2F_prec = np.hstack([state.B2F_prec, np.full((b2, count), p.b2_ridge_prec)])
+    state.b2_local2 = np.hstack([state.b2_local2, np.ones((b2, count))])
+    state.b2_local_nu = np.hstack([state.b2_local_nu, np.ones((b2, count))])
+    state.b2_global2 = np.append(state.b2_global2, np.ones(count))
+    state.b2_global_xi = np.append(state.b2_global_xi, np.ones(count))
+    state.factor_share = np.append(state.factor_share, np.full(count, np.nan))
 
 
 def describe_path(path: np.ndarray) -> str:

@@ -194,15 +194,18 @@ WHITENED_MAX_BYTES = 1 << 30
 
 
 def whitened_bytes(n_rows: int, n_cols: int, n_slices: int) -> int:
-    """Bytes WhitenedData holds for a group of n_rows x n_cols: T_s y of every slice, y itself."""
-    return 8 * (n_slices + 1) * n_rows * n_cols
+    """Bytes WhitenedData holds for a group of n_rows x n_cols: T_s y of every slice, y itself
+    (0 when that exceeds WHITENED_MAX_BYTES: the group goes without)."""
+    size = 8 * (n_slices + 1) * n_rows * n_cols
+    return size if size <= WHITENED_MAX_BYTES else 0
 
 
 class WhitenedData:
     """T_s y* for every slice s of a group's cache, kept between iterations.
 
-    The group's columns are whitened in fixed batches (batches: a partition of the columns,
-    e.g. the columns with imputed cells and the others), and a batch is whitened again, whole,
+    The group's columns are whitened in fixed batches (batches: a partition of the columns
+    into non-empty index arrays or slices, e.g. the columns with imputed cells and the
+    others), and a batch is whitened again, whole,
     when any of its columns changed since the last call. So a column's T_s y* never depends on
     what happened before (a resumed chain, whose cache starts empty, repeats an uninterrupted
     one bit for bit), and in a run only the columns with imputed cells are whitened again.
@@ -213,7 +216,7 @@ class WhitenedData:
 
     def __init__(self, cache: GridCache, batches):
         self.cache = cache
-        self.batches = [np.asarray(b, dtype=np.int64) for b in batches if len(b)]
+        self.batches = list(batches)
         self.y = None       # (n, c) the data last whitened
         self.white = None   # (S, n, c)
 
@@ -224,13 +227,15 @@ class WhitenedData:
             self.y = np.empty_like(y_rot)
             self.white = np.empty((self.cache.n_slices,) + y_rot.shape)
         for cols in self.batches:
-            values = y_rot[:, cols]
+            values = y_rot[:, cols]  # a view when the batch's columns are consecutive
             if not first and np.array_equal(values, self.y[:, cols]):
                 continue
+            values = np.ascontiguousarray(values)
             self.y[:, cols] = values
             for s in range(self.cache.n_slices):
                 self.white[s][:, cols] = matmul(self.cache.transform(s), values)
         return self.white
+
 
 
 class SliceProducts:

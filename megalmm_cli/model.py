@@ -13,8 +13,16 @@ import numpy as np
 
 from .design import independent_columns, missing_data_groups
 from .gibbs.missing import missing_cells_csr
-from .gridcache import WHITENED_MAX_BYTES, GridCache, WhitenedData, build_cache, whitened_bytes
+from .gridcache import GridCache, WhitenedData, build_cache, whitened_bytes
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
+
+
+def as_slice(cols: np.ndarray):
+    """Column indices as a slice when they are consecutive (indexing with it gives views, not
+    copies), else cols."""
+    if cols.size and int(cols[-1]) - int(cols[0]) + 1 == cols.size and np.all(np.diff(cols) == 1):
+        return slice(int(cols[0]), int(cols[-1]) + 1)
+    return cols
 
 
 @dataclass(frozen=True)
@@ -52,20 +60,18 @@ class GroupModel:
     def col_index(self):
         """The group's traits as a slice when they are consecutive (one group of all traits,
         typically), else as cols: indexing with a slice gives views, not copies."""
-        c = self.cols
-        if c.size and int(c[-1]) - int(c[0]) + 1 == c.size and np.all(np.diff(c) == 1):
-            return slice(int(c[0]), int(c[-1]) + 1)
-        return c
+        return as_slice(self.cols)
 
     @cached_property
     def whitened(self):
         """WhitenedData of this group on the general path (None with one effect, or when it
         would exceed gridcache.WHITENED_MAX_BYTES)."""
-        if self.cache is None or whitened_bytes(self.rows.size, self.cols.size,
-                                                self.cache.n_slices) > WHITENED_MAX_BYTES:
+        if self.cache is None or not whitened_bytes(self.rows.size, self.cols.size,
+                                                    self.cache.n_slices):
             return None
         imputed = np.diff(self.miss_ptr) > 0  # these columns change every iteration
-        return WhitenedData(self.cache, [np.flatnonzero(~imputed), np.flatnonzero(imputed)])
+        return WhitenedData(self.cache, [as_slice(c) for c in (np.flatnonzero(~imputed),
+                                                               np.flatnonzero(imputed)) if c.size])
 
     @cached_property
     def half_logdet(self) -> np.ndarray:

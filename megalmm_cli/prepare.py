@@ -23,8 +23,7 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
 from .factor_count import factor_range
-from .gridcache import (WHITENED_MAX_BYTES, build_cache, cache_bytes, grid_point_count, slice_count,
-                        whitened_bytes)
+from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count, whitened_bytes
 from .lock import prepare_lock
 from .rawh5 import install, remove_stale_temporaries, temporary_path
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior
@@ -193,8 +192,7 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
         floats += (n_effects + 4) * n_train * n_train + 8 * n_effects * n_all * t
         n_slices = slice_count(n_effects, divisions)
         traits = group_traits if group_traits is not None else [t] * len(group_rows)
-        floats += sum(whitened_bytes(n_g, t_g, n_slices) // 8 for n_g, t_g in zip(group_rows, traits)
-                      if whitened_bytes(n_g, t_g, n_slices) <= WHITENED_MAX_BYTES)
+        floats += sum(whitened_bytes(n_g, t_g, n_slices) // 8 for n_g, t_g in zip(group_rows, traits))
         floats += n_slices * n_train * (b + k)  # one group's T_s [X1, F] (SliceProducts)
     for n_g in group_rows:
         n_o = n_all - n_g

@@ -20,7 +20,7 @@ from megalmm_cli.chain import Plan, chain_generators, run_chain
 from megalmm_cli.config import load_config
 from megalmm_cli.config_schema import FactorAdaptation
 from megalmm_cli.errors import UserError
-from megalmm_cli.factor_count import (SPARE, AdaptationRule, add_factor, adapt_factors,
+from megalmm_cli.factor_count import (SPARE, AdaptationRule, add_factors, adapt_factors,
                                       drop_factors, factor_range, factor_shares)
 from megalmm_cli.posterior import param_shape
 from megalmm_cli.sampler import gibbs_iteration
@@ -114,8 +114,7 @@ def test_dropping_and_adding_keep_every_factor_parameter_aligned(small_model, la
     expected = (state.lambda_phi * cum if lambda_type == "ARD"
                 else cum / (state.lambda_global[0] * state.lambda_phi))
     np.testing.assert_allclose(state.lambda_prec, expected, rtol=1e-14)
-    add_factor(model, state)
-    add_factor(model, state)
+    add_factors(model, state, 2)
     _assert_factor_shapes(state, 5)
     assert state.delta[-1] == 1.0 and np.isnan(state.factor_share[-1])
     np.testing.assert_array_equal(state.U_F_rot[:, 3:], 0.0)
@@ -140,7 +139,7 @@ def test_added_loadings_follow_their_prior(small_model, lambda_type):
     for rep in range(400):
         state = deepcopy(base)
         state.rng = np.random.default_rng(rep)
-        add_factor(model, state)
+        add_factors(model, state, 1)
         z.append(state.Lambda[-1] * np.sqrt(state.tot_eta_prec * state.lambda_prec[-1]))
         phi.append(state.lambda_phi[-1])
     z, phi = np.concatenate(z), np.concatenate(phi)

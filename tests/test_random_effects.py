@@ -270,17 +270,22 @@ def test_root_parts_drop_padding_and_keep_each_effect():
     np.testing.assert_allclose(root1 @ root1.T, blocks[1], atol=1e-10)
 
 
+def small_two_effect_model(missing: float):
+    """40 individuals x 5 traits, id kinship + Block (5 levels), 3 factors, two groups."""
+    sim = simulate_data(40, 5, 2, missing=missing, seed=8, n_markers=150, n_new=0, n_blocks=5)
+    values = np.where(sim.observed, sim.Y, np.nan)
+    return build_model(sim.ids, sim.traits, values,
+                       [sim.kinship, block_kinship_from_labels(sim.blocks)], sim.X1,
+                       ["Intercept", "pop", "x"], np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS,
+                       max_groups=2, effect_names=("id", "Block"))
+
+
 def test_chain_with_whitened_data_equals_direct_products():
     """The same two-effect chain (missing cells, so some columns change every iteration) with
     and without WhitenedData: the same draws, up to rounding, over several iterations."""
-    sim = simulate_data(40, 5, 2, missing=0.15, seed=8, n_markers=150, n_new=0, n_blocks=5)
-    values = np.where(sim.observed, sim.Y, np.nan)
-    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks)]
-    args = (sim.ids, sim.traits, values, kinships, sim.X1, ["Intercept", "pop", "x"],
-            np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS)
     states = []
     for use in (True, False):
-        model = build_model(*args, max_groups=2, effect_names=("id", "Block"))
+        model = small_two_effect_model(missing=0.15)
         for g in model.groups:
             if not use:
                 g.__dict__["whitened"] = None
@@ -302,15 +307,7 @@ def test_two_effect_chain_resumed_on_a_fresh_model_repeats_the_uninterrupted_one
     without imputed cells (those are whitened in different batches)."""
     import copy
 
-    sim = simulate_data(40, 5, 2, missing=0.02, seed=8, n_markers=150, n_new=0, n_blocks=5)
-    values = np.where(sim.observed, sim.Y, np.nan)
-    args = (sim.ids, sim.traits, values, [sim.kinship, block_kinship_from_labels(sim.blocks)],
-            sim.X1, ["Intercept", "pop", "x"], np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS)
-
-    def fresh():
-        return build_model(*args, max_groups=2, effect_names=("id", "Block"))
-
-    model = fresh()
+    model = small_two_effect_model(missing=0.02)
     imputed = np.concatenate([np.diff(g.miss_ptr) > 0 for g in model.groups])
     assert imputed.any() and not imputed.all()
     assert all(g.whitened is not None for g in model.groups)
@@ -320,7 +317,7 @@ def test_two_effect_chain_resumed_on_a_fresh_model_repeats_the_uninterrupted_one
     resumed = copy.deepcopy(state)  # the checkpoint
     for _ in range(5):
         gibbs_iteration(model, state)
-    other = fresh()
+    other = small_two_effect_model(missing=0.02)
     for _ in range(5):
         gibbs_iteration(other, resumed)
     for name in ("Lambda", "B1", "tot_eta_prec", "resid_h2_index", "F", "U_F_rot"):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import matmul
-from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into
+from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into, weighted_grams
 
 JOINT_MAX = 64
 BLOCK_SIZE = 16
@@ -159,9 +159,8 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
     else:
         used, grid_of_col = np.unique(grid_index, return_inverse=True)
     n, b = x_rot.shape
-    if b <= JOINT_MAX and used.size > 4:  # every Gram matrix in one product: (u, n) @ (n, b * b)
-        outer = (x_rot[:, :, None] * x_rot[:, None, :]).reshape(n, b * b)
-        gram = (weights[used] @ outer).reshape(used.size, b, b)
+    if b <= JOINT_MAX and used.size > 4:  # every Gram matrix in one product
+        gram = weighted_grams(x_rot, weights[used])
     else:
         gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
     weighted = np.empty_like(y_rot)

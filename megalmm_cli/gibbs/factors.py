@@ -8,7 +8,7 @@ include i). Rows with the same set of groups share C; one k x k Cholesky per suc
 import numpy as np
 from numba import njit, prange
 
-from .linalg import cholesky_into, draw_with_factor
+from .linalg import cholesky_into, draw_with_factor, weighted_grams
 
 
 def sample_factor_scores(rhs, group_precisions, pattern_of_row, pattern_groups, f_e_prec, normals):
@@ -110,9 +110,7 @@ def sample_translation(x, resid, weights, normals):
     mean; weights: (n, k) prior precision of each entry of F (independent entries in this basis);
     normals: (b, k). Column q: a_q ~ N(-(X' W_q X)^-1 X' W_q r_q, (X' W_q X)^-1).
     """
-    n, b = x.shape
-    outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
-    gram = (weights.T @ outer).reshape(-1, b, b)               # (k, b, b): X' W_q X
+    gram = weighted_grams(x, weights.T)                        # (k, b, b): X' W_q X
     rhs = (weights * resid).T @ x                              # (k, b)
     low = np.linalg.cholesky(gram)
     mean = -np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]

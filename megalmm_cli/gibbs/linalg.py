@@ -1,11 +1,18 @@
-"""Small dense linear algebra for numba kernels (one column's m x m system at a time).
-
-All functions write into preallocated buffers so that kernels looping over thousands of
-columns allocate nothing per column.
+"""Small dense linear algebra: numba kernels for one column's m x m system at a time (they
+write into preallocated buffers, so that kernels looping over thousands of columns allocate
+nothing per column), and weighted Gram matrices of a few columns.
 """
 
 import numpy as np
 from numba import njit
+
+
+def weighted_grams(x, weights):
+    """(u, b, b) X' diag(w) X for every row w of weights (u, n), x (n, b): one product
+    (u, n) @ (n, b * b) for all of them."""
+    n, b = x.shape
+    outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
+    return (weights @ outer).reshape(weights.shape[0], b, b)
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})

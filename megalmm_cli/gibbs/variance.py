@@ -82,12 +82,19 @@ def apply_inverse(cache, index, values):
     return out
 
 
+def _root_width(part) -> int:
+    """Columns of one of cache.root_parts: the rows of values that _root_times reads."""
+    kind, root = part
+    return root.shape[0] if kind == "diag" else root.shape[1]
+
+
 def _root_times(part, values):
-    """root @ values[:r] for one of cache.root_parts (a diagonal root costs no product)."""
+    """root @ values for one of cache.root_parts, values (_root_width(part), c) (a diagonal
+    root costs no product)."""
     kind, root = part
     if kind == "diag":
-        return root[:, None] * values[: root.shape[0]]
-    return matmul(root, values[: root.shape[1]])
+        return root[:, None] * values
+    return matmul(root, values)
 
 
 def _root_t_times(part, values):
@@ -114,8 +121,8 @@ def sample_random_effects_general(resid, h, tot_prec, index, cache, effect_norma
     sd = 1.0 / np.sqrt(tot_prec)
     share_e = 1.0 - h.sum(axis=1)
     parts = cache.root_parts
-    prior = [_root_times(parts[e], effect_normals[e] * (np.sqrt(h[:, e]) * sd)[None, :])
-             for e in range(h.shape[1])]
+    prior = [_root_times(parts[e], effect_normals[e][:_root_width(parts[e])]
+                         * (np.sqrt(h[:, e]) * sd)[None, :]) for e in range(h.shape[1])]
     eps0 = resid_normals * (np.sqrt(share_e) * sd)[None, :]
     v = apply_inverse(cache, index, resid - sum(prior) - eps0)
     if not by_effect:
