@@ -5,6 +5,7 @@ eta_hat = X1 B1 + F Lambda + u_R, where u_R = Q u_R* is needed only at those cel
 rotated data y* = Q' y is then updated in place for the changed cells (O(n_g) per cell).
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -14,7 +15,6 @@ from .linalg import dot
 COLUMN_BLOCK = 64  # columns whose rotated data are copied together into contiguous rows
 
 
-@njit(parallel=True, cache=True)
 def impute_cells(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, resid_sd, normals,
                  y, y_rot):
     """Redraw the missing cells of one trait group, in place.
@@ -24,20 +24,28 @@ def impute_cells(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, re
     Lambda on the group's rows and traits; rotation: (n_g, n_g) Q;
     u_rot: (n_g, c) u_R*; resid_sd: (c,); normals: (n_cells,); y, y_rot: (n_g, c) updated.
 
-    Columns are handled COLUMN_BLOCK at a time: their u_R*, y* and loadings are copied into
-    contiguous rows first (a column of a C-ordered array is strided), and the
+    Columns are handled at most COLUMN_BLOCK at a time: their u_R*, y* and loadings are
+    copied into contiguous rows first (a column of a C-ordered array is strided), and the
     block's cells are visited row by row, so that each row of Q is read once per block and
     serves all of that row's cells there (cell by cell in column order, Q would be streamed
     from memory once per column). Each column still sees its cells in ascending row order,
-    so every sum is formed in the same order as a column-by-column pass.
+    so every sum is formed in the same order as a column-by-column pass: the result does not
+    depend on the blocks, which are as many as the threads can share evenly.
     """
+    n_blocks, width = column_blocks(col_ptr.size - 1, numba.get_num_threads())
+    _impute_blocks(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, resid_sd, normals,
+                   y, y_rot, n_blocks, width)
+
+
+@njit(parallel=True, cache=True)
+def _impute_blocks(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, resid_sd,
+                   normals, y, y_rot, n_blocks, block_width):
     n_cols = col_ptr.size - 1
     n_rows = rotation.shape[0]
     n_factors = scores.shape[1]
-    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
     for blk in prange(n_blocks):
-        c0 = blk * COLUMN_BLOCK
-        c1 = min(n_cols, c0 + COLUMN_BLOCK)
+        c0 = blk * block_width
+        c1 = min(n_cols, c0 + block_width)
         n_cells = col_ptr[c1] - col_ptr[c0]
         if n_cells == 0:
             continue
@@ -84,6 +92,20 @@ def impute_cells(col_ptr, row_idx, x1, b1, scores, loadings, rotation, u_rot, re
         for a in range(n_rows):
             for j in range(width):
                 y_rot[a, c0 + j] = y_cols[j, a]
+
+
+def column_blocks(n_cols: int, n_threads: int) -> tuple:
+    """(number, width) of equal blocks of at most COLUMN_BLOCK columns, the number a multiple
+    of n_threads where there are enough columns (prange gives each thread an equal run of
+    blocks: 200 columns in 64-wide blocks would leave one thread 128 and the other 72)."""
+    if n_cols == 0:
+        return 0, 1
+    n_blocks = (n_cols + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    if n_cols >= n_threads > 1:
+        n_blocks = (n_blocks + n_threads - 1) // n_threads * n_threads
+    n_blocks = min(n_blocks, n_cols)
+    width = (n_cols + n_blocks - 1) // n_blocks
+    return (n_cols + width - 1) // width, width
 
 
 def missing_cells_csr(observed_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
