@@ -13,6 +13,7 @@ import numpy as np
 
 from .design import independent_columns, missing_data_groups
 from .gibbs.missing import missing_cells_csr
+from .gibbs.small_groups import SmallGroups, qualifies
 from .gridcache import GridCache, WhitenedData, build_cache, whitened_bytes
 from .gridlmm import Rotation, grid_weights, h2_grid, h2_log_prior, rotation
 
@@ -145,6 +146,14 @@ class Model:
     @property
     def n_effects(self) -> int:
         return self.grid.shape[1]
+
+    @cached_property
+    def small_groups(self) -> SmallGroups | None:
+        """The groups whose steps 2-4 run together in one kernel (gibbs/small_groups.py),
+        packed; None when no group qualifies."""
+        members = [i for i, g in enumerate(self.groups)
+                   if qualifies(g, int(g.x1_keep.sum()) + self.k)]
+        return SmallGroups.pack(self.groups, members) if members else None
 
     def with_factors(self, k: int) -> "Model":
         """The same model with k factors (`model.factors: auto` changes k during burn-in)."""

@@ -10,6 +10,8 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
+from .gibbs.small_groups import Draws as SmallDraws, current as current_small_groups
+from .gibbs.small_groups import sample_small_groups
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
 from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
@@ -40,16 +42,48 @@ def impute_missing(model: Model, state: State) -> None:
 def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
     """Steps 2-4 per group: (tot_eta_prec, B1, Lambda), then resid_h2, then U_R.
 
+    Small groups with one random effect (model.small_groups) are updated together in one
+    kernel after the others; their random numbers are drawn in the groups' order, so the
+    chain's stream is the same as with every group on its own.
     f_rot_all: (n, k) F in the factor rotation, reused by groups that share it (optional).
     """
     # each group's rotation of F (n_g^2 k) is often its largest product: on two threads first
     f_rots = [f_rot_all if f_rot_all is not None and g.rot is model.factor_rot
               else matmul(g.rot.vectors.T, state.F[g.rows]) for g in model.groups]
+    small = current_small_groups(model.small_groups, model.groups, model.k)
+    members = set() if small is None else set(small.members.tolist())
+    draws = SmallDraws.empty()
     largest = max(g.rows.size * g.cols.size for g in model.groups)
     with threads_for(largest):  # all groups small: one switch to a single thread for all
         for gi, g in enumerate(model.groups):
+            if gi in members:  # its random numbers now, in the chain's order; its update below
+                _draw_small_group(model, state, g, draws)
+                continue
             with threads_for(g.rows.size * g.cols.size):
                 _sample_group(model, state, gi, g, f_rots[gi])
+    if small is not None:
+        p = model.priors
+        work = sum(model.groups[gi].rows.size * model.groups[gi].cols.size for gi in members)
+        with threads_for(work * (model.k + 1)):
+            u_rots = sample_small_groups(
+                small, [f_rots[gi] for gi in small.members],
+                [state.Y_rot[gi] for gi in small.members], draws, state.resid_h2_index,
+                state.lambda_prec, p.b1_prec, p.tot_eta_rate, model.resid_log_prior, model.grid[:, 0], state.Lambda, state.B1, state.tot_eta_prec)
+        for gi, u_rot in zip(small.members, u_rots):
+            state.U_R_rot[gi] = u_rot
+
+
+def _draw_small_group(model: Model, state: State, g, draws: SmallDraws) -> None:
+    """The random numbers of _sample_group for a group of the one-kernel path, in its order."""
+    p = model.priors
+    rng = state.rng
+    n_g, t_g = g.rows.size, g.cols.size
+    b1g = int(g.x1_keep.sum())
+    draws.std_gamma.append(rng.standard_gamma(
+        gamma_shape(p.tot_eta_shape, n_g, b1g if p.b1_prec == 0 else 0, b1g + model.k), size=t_g))
+    draws.coef_noise.append(normals(rng, (t_g, b1g + model.k)))
+    draws.uniforms.append(rng.random(t_g))
+    draws.effect_noise.append(normals(rng, (n_g, t_g)))
 
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:

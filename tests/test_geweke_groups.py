@@ -9,7 +9,9 @@ translation move of step 6 (exact only under the flat prior; test_factor_moves.p
 against its conditional). Traits 0-1 are observed on every row but two cells (imputed); traits 2-3 on
 rows 0-6 only (rows 7-9 are dropped by their group: not in the model) with one more imputed
 cell. So the sampler runs the path of several groups: each group in its own eigenbasis,
-imputation, F row by row with rows in different sets of groups, and U_F given F.
+imputation, F row by row with rows in different sets of groups, and U_F given F. Steps 2-4
+take both paths of the sampler in every chain: the first group the one-kernel path of small
+groups (gibbs/small_groups.py), the second the per-group path (sampler._sample_group).
 
 The joint p(theta, Y) has the imputed cells inside theta (they are latent data): the
 independent draws draw them with the observed cells from p(Y | theta); the Geweke chain keeps
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 
 import megalmm_cli.sampler as sampler_mod
+from megalmm_cli.gibbs.small_groups import SmallGroups, qualifies
 from megalmm_cli.model import build_model
 from megalmm_cli.sampler import gibbs_iteration
 from megalmm_cli.state import State
@@ -55,6 +58,10 @@ def make_model():
     model = build_model([f"i{i}" for i in range(N)], [f"t{j}" for j in range(T)], values, kinship,
                         x1, ["Intercept", "x"], x2, K, DIVISIONS, priors, max_groups=2,
                         scale_y=False)
+    # both groups qualify for the one-kernel path: pack only the first, so that the second
+    # takes the per-group path (Model.small_groups is a cached property: this sets its value)
+    first = min(range(len(model.groups)), key=lambda i: model.groups[i].cols[0])
+    model.__dict__["small_groups"] = SmallGroups.pack(model.groups, [first])
     return model
 
 
@@ -232,6 +239,8 @@ def test_the_model_has_the_intended_groups(model):
     assert not sampler_mod.scores_collapsed(model)
     assert all(g.x1_keep.all() for g in model.groups)  # both fixed effects in both groups
     assert not sampler_mod.common_fixed_columns(model).any()  # no translation move
+    assert all(qualifies(g, 2 + K) for g in model.groups)
+    assert [tuple(model.groups[i].cols) for i in model.small_groups.members] == [(0, 1)]
 
 
 @pytest.mark.slow
@@ -265,12 +274,13 @@ def test_geweke_two_groups_fixed_effects_negative_control(model, mc, monkeypatch
     """Fixed effects drawn in step 2 as under the flat prior (no prior precision on B1, and
     tot_eta_prec's shape without B1's prior) must be flagged on B1."""
     flat = dataclasses.replace(model, priors=dataclasses.replace(model.priors, b1_prec=0.0))
-    original = sampler_mod._sample_group
+    flat.__dict__["small_groups"] = model.small_groups  # both paths, as in the model
+    original = sampler_mod.sample_trait_side
 
-    def wrong(model_, state, gi, g, f_rot):
-        return original(flat, state, gi, g, f_rot)
+    def wrong(model_, state, f_rot=None):
+        return original(flat, state, f_rot)
 
-    monkeypatch.setattr(sampler_mod, "_sample_group", wrong)
+    monkeypatch.setattr(sampler_mod, "sample_trait_side", wrong)
     z = chain_z(model, mc, 2 * NEGATIVE_ITERATIONS, seed=10, label="two groups, flat B1 control")
     names = mc[0]
     flagged = {names[i] for i in np.flatnonzero(np.abs(z) >= Z_MAX)}

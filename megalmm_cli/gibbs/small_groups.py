@@ -1,0 +1,263 @@
+"""Steps 2-4 of many small missing-data groups in one kernel (one random effect).
+
+Real data often form many groups of a few traits each (G2F: 15 groups, most of them one
+trait). Each group's update is then a few thousand multiply-adds wrapped in some forty numpy
+and numba calls, and the calls cost more than the arithmetic. Here the same update runs for
+all such groups in one numba kernel, the groups shared among the threads:
+
+    per trait j of group g, with X* = [Q_g' X1_g, Q_g' F_g] and W = diag(w(h2_j)):
+    tot_prec_j with beta_j integrated out, then beta_j          (gibbs/coefficients.py)
+    h2_j on the grid given e*_j = y*_j - X* beta_j               (gridlmm.py)
+    u*_j given h2_j: shrink_i e*_ij + sd_i / sqrt(tot_prec_j) z_ij  (gibbs/variance.py)
+
+The random numbers are those of sampler._sample_group, drawn from the chain's Generator in
+the same order (sampler.sample_trait_side draws them group by group before the kernel runs),
+so a chain is the same as through the per-group path up to rounding.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from . import coefficients
+from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into
+
+SMALL_MAX_TRAITS = 16        # groups of at most this many traits (and few cells) qualify:
+SMALL_MAX_CELLS = 200_000    # larger ones spend their time in products, not in calls
+
+
+def qualifies(g, n_coefs: int) -> bool:
+    """Whether group g takes the one-kernel path with n_coefs = b1_g + k coefficients."""
+    return (g.cache is None and g.cols.size <= SMALL_MAX_TRAITS
+            and g.rows.size * g.cols.size < SMALL_MAX_CELLS and coefficients.is_collapsed(n_coefs))
+
+
+@dataclass(frozen=True)
+class SmallGroups:
+    """The fixed inputs of a set of groups, packed into flat arrays (offsets per group).
+
+    members: (m,) indices into model.groups; row_ptr, col_ptr: (m + 1,) offsets of each
+    group's rows and traits; cols: (sum t_g,) trait indices; eigen: (sum n_g,) eigenvalues of
+    K on the group's rows; weights: (sum G n_g,) each group's (G, n_g) grid weights;
+    half_logdet: (m, G); x1: (sum n_g b1_g,) each group's (n_g, b1_g) Q' X1; x1_ptr: (m + 1,);
+    keep: (sum b1_g,) the B1 rows of each group's fixed-effect columns, keep_ptr: (m + 1,).
+    """
+
+    members: np.ndarray
+    row_ptr: np.ndarray
+    col_ptr: np.ndarray
+    cols: np.ndarray
+    eigen: np.ndarray
+    weights: np.ndarray
+    half_logdet: np.ndarray
+    x1: np.ndarray
+    x1_ptr: np.ndarray
+    keep: np.ndarray
+    keep_ptr: np.ndarray
+
+    @classmethod
+    def pack(cls, groups, members) -> "SmallGroups":
+        chosen = [groups[i] for i in members]
+
+        def offsets(sizes):
+            return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+        def flat(arrays):
+            return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
+
+        return cls(
+            members=np.asarray(members, dtype=np.int64),
+            row_ptr=offsets([g.rows.size for g in chosen]),
+            col_ptr=offsets([g.cols.size for g in chosen]),
+            cols=flat([g.cols for g in chosen]).astype(np.int64),
+            eigen=flat([g.rot.values for g in chosen]).astype(np.float64),
+            weights=flat([g.weights for g in chosen]).astype(np.float64),
+            half_logdet=np.array([g.half_logdet for g in chosen], dtype=np.float64),
+            x1=flat([g.x1_rot for g in chosen]).astype(np.float64),
+            x1_ptr=offsets([g.x1_rot.size for g in chosen]),
+            keep=flat([np.flatnonzero(g.x1_keep) for g in chosen]).astype(np.int64),
+            keep_ptr=offsets([int(g.x1_keep.sum()) for g in chosen]),
+        )
+
+
+def current(packed: "SmallGroups | None", groups, k: int) -> "SmallGroups | None":
+    """packed, or a packing of those of its groups that still qualify (the collapsed update
+    needs b1_g + k <= JOINT_MAX, which a test may lower)."""
+    if packed is None:
+        return None
+    keep = [i for i in packed.members.tolist()
+            if qualifies(groups[i], int(groups[i].x1_keep.sum()) + k)]
+    if len(keep) == packed.members.size:
+        return packed
+    return SmallGroups.pack(groups, keep) if keep else None
+
+
+@dataclass
+class Draws:
+    """The random numbers of the packed groups, flat, in the per-group path's shapes:
+    std_gamma and uniforms (sum t_g,), coef_noise (sum t_g b_g,) with (t_g, b_g) per group,
+    effect_noise (sum n_g t_g,) with (n_g, t_g) per group."""
+
+    std_gamma: list
+    coef_noise: list
+    uniforms: list
+    effect_noise: list
+
+    @classmethod
+    def empty(cls) -> "Draws":
+        return cls([], [], [], [])
+
+    def flat(self):
+        return tuple(np.concatenate([np.ravel(a) for a in parts]) if parts else np.zeros(0)
+                     for parts in (self.std_gamma, self.coef_noise, self.uniforms,
+                                   self.effect_noise))
+
+
+def sample_small_groups(packed: SmallGroups, f_rots, y_rots, draws: Draws, resid_h2_index,
+                        lambda_prec, b1_prec, tot_eta_rate, log_prior, grid_h2,
+                        lambda_out, b1_out, tot_prec_out):
+    """Steps 2-4 for every packed group; updates resid_h2_index (t,), lambda_out (k, t),
+    b1_out (b1, t) and tot_prec_out (t,) in place on the groups' traits.
+
+    f_rots, y_rots: per packed group its (n_g, k) Q' F and (n_g, t_g) y*.
+    Returns the groups' new u* (n_g, t_g), as a list.
+    """
+    k = lambda_out.shape[0]
+    y_ptr = np.concatenate([[0], np.cumsum([y.size for y in y_rots])]).astype(np.int64)
+    std_gamma, coef_noise, uniforms, effect_noise = draws.flat()
+    u_flat = np.empty(int(y_ptr[-1]))
+    _kernel(packed.row_ptr, packed.col_ptr, packed.cols, packed.eigen, packed.weights,
+            packed.half_logdet, packed.x1, packed.x1_ptr, packed.keep, packed.keep_ptr,
+            np.concatenate([np.ravel(f) for f in f_rots]), y_ptr,
+            np.concatenate([np.ravel(y) for y in y_rots]), k, lambda_prec, float(b1_prec),
+            float(tot_eta_rate), log_prior, grid_h2, std_gamma, coef_noise, uniforms,
+            effect_noise, resid_h2_index, lambda_out, b1_out, tot_prec_out, u_flat)
+    return [u_flat[y_ptr[i]:y_ptr[i + 1]].reshape(y.shape) for i, y in enumerate(y_rots)]
+
+
+@njit(parallel=True, cache=True)
+def _kernel(row_ptr, col_ptr, cols, eigen, weights, half_logdet, x1, x1_ptr, keep, keep_ptr,
+            f_flat, y_ptr, y_flat, k, lambda_prec, b1_prec, rate0, log_prior, grid_h2,
+            std_gamma, coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out, b1_out,
+            tot_prec_out, u_out):
+    n_groups = row_ptr.size - 1
+    n_grid = log_prior.size
+    for g in prange(n_groups):
+        n = row_ptr[g + 1] - row_ptr[g]
+        c0, c = col_ptr[g], col_ptr[g + 1] - col_ptr[g]
+        b1 = keep_ptr[g + 1] - keep_ptr[g]
+        b = b1 + k
+        # X*' = [Q' X1, Q' F]' (b, n): rows of X*' are contiguous for the sums over rows
+        xt = np.empty((b, n))
+        x1_g = x1[x1_ptr[g]:x1_ptr[g + 1]].reshape((n, b1))
+        f_g = f_flat[row_ptr[g] * k:row_ptr[g + 1] * k].reshape((n, k))
+        for i in range(n):
+            for p in range(b1):
+                xt[p, i] = x1_g[i, p]
+            for p in range(k):
+                xt[b1 + p, i] = f_g[i, p]
+        w_all = weights[n_grid * row_ptr[g]:n_grid * row_ptr[g + 1]].reshape((n_grid, n))
+        s_g = eigen[row_ptr[g]:row_ptr[g + 1]]
+        y_g = y_flat[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
+        u_g = u_out[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
+        z_g = effect_noise[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
+        # the Gram matrix X*' W X* of each grid point the group's traits use
+        grams = np.empty((n_grid, b, b))
+        done = np.zeros(n_grid, dtype=np.bool_)
+        wx = np.empty(n)
+        for j in range(c):
+            h = resid_h2_index[cols[c0 + j]]
+            if done[h]:
+                continue
+            done[h] = True
+            for p in range(b):
+                for i in range(n):
+                    wx[i] = w_all[h, i] * xt[p, i]
+                for q in range(p + 1):
+                    total = dot(wx, xt[q])
+                    grams[h, p, q] = total
+                    grams[h, q, p] = total
+        prec = np.empty((b, b))
+        low = np.zeros((b, b))
+        xty = np.empty(b)
+        v = np.empty(b)
+        noise = np.empty(b)
+        beta = np.empty(b)
+        y = np.empty(n)
+        wy = np.empty(n)
+        e = np.empty(n)
+        e2 = np.empty(n)
+        loglik = np.empty(n_grid)
+        for j in range(c):
+            col = cols[c0 + j]
+            h = resid_h2_index[col]
+            w = w_all[h]
+            for i in range(n):
+                y[i] = y_g[i, j]
+                wy[i] = w[i] * y[i]
+            yty = dot(wy, y)
+            for p in range(b):
+                xty[p] = dot(xt[p], wy)
+            for p in range(b):
+                for q in range(b):
+                    prec[p, q] = grams[h, p, q]
+            for p in range(b1):
+                prec[p, p] += b1_prec
+            for p in range(k):
+                prec[b1 + p, b1 + p] += lambda_prec[p, col]
+            cholesky_into(prec, low)
+            solve_lower_into(low, xty, v)
+            quad = yty - dot(v, v)
+            position = c0 + j  # this trait's place among the packed traits
+            tau = std_gamma[position] / (rate0 + 0.5 * max(quad, 0.0))
+            inv_root = 1.0 / np.sqrt(tau)
+            start = _coef_offset(col_ptr, keep_ptr, k, g) + j * b
+            for p in range(b):
+                noise[p] = coef_noise[start + p] * inv_root
+            draw_with_factor(low, xty, noise, v, beta)
+            tot_prec_out[col] = tau
+            for p in range(b1_out.shape[0]):
+                b1_out[p, col] = 0.0
+            for p in range(b1):
+                b1_out[keep[keep_ptr[g] + p], col] = beta[p]
+            for p in range(k):
+                lambda_out[p, col] = beta[b1 + p]
+            # h2 on the grid given the residuals, then u* given h2
+            for i in range(n):
+                e[i] = y[i]
+            for p in range(b):
+                for i in range(n):
+                    e[i] -= beta[p] * xt[p, i]
+            for i in range(n):
+                e2[i] = e[i] * e[i]
+            best = -np.inf
+            for a in range(n_grid):
+                loglik[a] = half_logdet[g, a] - 0.5 * dot(w_all[a], e2) * tau + log_prior[a]
+                best = max(best, loglik[a])
+            total = 0.0
+            for a in range(n_grid):
+                loglik[a] = np.exp(loglik[a] - best)
+                total += loglik[a]
+            chosen, cum = 0, 0.0
+            for a in range(n_grid):
+                cum += loglik[a]
+                if cum / total < uniforms[position]:
+                    chosen += 1
+            chosen = min(chosen, n_grid - 1)
+            resid_h2_index[col] = chosen
+            h2 = grid_h2[chosen]
+            for i in range(n):
+                genetic = s_g[i] * h2
+                shrink = genetic / (genetic + 1.0 - h2)
+                sd = np.sqrt(shrink * (1.0 - h2))
+                u_g[i, j] = shrink * e[i] + sd * inv_root * z_g[i, j]
+
+
+@njit(cache=True)
+def _coef_offset(col_ptr, keep_ptr, k, g):
+    """Start of group g's (t_g, b_g) coefficient noise in the flat array."""
+    total = 0
+    for h in range(g):
+        total += (col_ptr[h + 1] - col_ptr[h]) * (keep_ptr[h + 1] - keep_ptr[h] + k)
+    return total

@@ -1,0 +1,62 @@
+"""Steps 2-4 of small missing-data groups in one kernel (gibbs/small_groups.py) against the
+per-group path (sampler._sample_group): the same random numbers, so the same draws up to
+rounding, for every group packed, some packed, none packed."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from megalmm_cli import sampler
+from megalmm_cli.gibbs.small_groups import SmallGroups, qualifies
+from megalmm_cli.simulate import simulate_data
+from megalmm_cli.state import initial_state
+
+from .conftest import model_from_simulation
+
+
+@pytest.fixture(scope="module")
+def model():
+    sim = simulate_data(60, 9, 2, missing=0.3, seed=12, n_markers=300)
+    sim.observed[sim.X1[:, 1] == 1, 8] = False  # trait 8 on one population: its group drops "pop"
+    return model_from_simulation(sim, k=3, max_groups=5)
+
+
+def trait_side(model, state, members):
+    """State after steps 2-4 with the given groups on the one-kernel path."""
+    state = copy.deepcopy(state)
+    model.__dict__["small_groups"] = SmallGroups.pack(model.groups, members) if members else None
+    f_rot = model.factor_rot.vectors.T @ state.F
+    sampler.sample_trait_side(model, state, f_rot)
+    return state
+
+
+def test_the_fixture_has_groups_of_several_sizes(model):
+    sizes = {(g.rows.size, g.cols.size) for g in model.groups}
+    assert len(model.groups) >= 3 and len(sizes) == len(model.groups)
+    assert any(g.cols.size > 1 for g in model.groups)
+    assert any(not g.x1_keep.all() for g in model.groups)
+    assert any(g.miss_rows.size for g in model.groups)
+    assert all(qualifies(g, g.x1_rot.shape[1] + model.k) for g in model.groups)
+    assert model.small_groups is not None  # the default packs every qualifying group
+
+
+@pytest.mark.parametrize("which", ["all", "odd", "first", "last"])
+def test_kernel_equals_the_per_group_path(model, which):
+    state = initial_state(model, np.random.default_rng(3), np.random.default_rng(4))
+    for _ in range(3):  # away from the initial values
+        sampler.gibbs_iteration(model, state)
+    every = list(range(len(model.groups)))
+    members = {"all": every, "odd": every[1::2], "last": every[-1:], "first": every[:1]}[which]
+    expected = trait_side(model, state, [])
+    got = trait_side(model, state, members)
+    np.testing.assert_array_equal(got.resid_h2_index, expected.resid_h2_index)
+    assert not np.array_equal(got.resid_h2_index, state.resid_h2_index)  # h2 moved
+    for name in ("tot_eta_prec", "B1", "Lambda"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+    for gi in every:
+        np.testing.assert_allclose(got.U_R_rot[gi], expected.U_R_rot[gi], rtol=1e-9, atol=1e-12)
+    # the chain's Generator is left where the per-group path leaves it
+    assert got.rng.random() == expected.rng.random()
+    del model.__dict__["small_groups"]
