@@ -11,7 +11,7 @@ from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
 from .gibbs.small_groups import Draws as SmallDraws, current as current_small_groups
-from .gibbs.small_groups import sample_small_groups
+from .gibbs.small_groups import sample_small_groups, score_terms
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
 from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
@@ -68,7 +68,8 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
             u_rots = sample_small_groups(
                 small, [f_rots[gi] for gi in small.members],
                 [state.Y_rot[gi] for gi in small.members], draws, state.resid_h2_index,
-                state.lambda_prec, p.b1_prec, p.tot_eta_rate, model.resid_log_prior, model.grid[:, 0], state.Lambda, state.B1, state.tot_eta_prec)
+                state.lambda_prec, p.b1_prec, p.tot_eta_rate, model.resid_log_prior,
+                model.grid[:, 0], state.Lambda, state.B1, state.tot_eta_prec)
         for gi, u_rot in zip(small.members, u_rots):
             state.U_R_rot[gi] = u_rot
 
@@ -218,8 +219,20 @@ def sample_scores(model: Model, state: State) -> None:
     # the factor rotation are summed there first and rotated back once (n x k)
     rhs = (model.x2 @ state.B2F) * f_e_prec[None, :]
     in_factor_basis = state.U_F_rot * f_e_prec[None, :]
-    precisions = []
+    precisions = [None] * len(model.groups)
+    small = current_small_groups(model.small_groups, model.groups, model.k)
+    if small is not None and (small.vectors is None or any(
+            model.groups[gi].rot is model.factor_rot for gi in small.members)):
+        small = None  # (their eigenvectors too large to copy, or one in the factor rotation)
+    if small is not None:  # the small groups' terms from one kernel
+        fused = score_terms(small, [state.Y[gi] for gi in small.members],
+                            [state.U_R_rot[gi] for gi in small.members], model.x1, state.B1,
+                            state.Lambda, resid_prec, rhs)
+        for position, gi in enumerate(small.members):
+            precisions[gi] = fused[position]
     for gi, g in enumerate(model.groups):
+        if precisions[gi] is not None:
+            continue
         cols = g.col_index
         scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
         contrib = matmul(state.Y[gi], scaled.T)
@@ -231,7 +244,7 @@ def sample_scores(model: Model, state: State) -> None:
         else:
             contrib -= matmul(g.rot.vectors, matmul(state.U_R_rot[gi], scaled.T))
         rhs[g.rows] += contrib
-        precisions.append(matmul(scaled, state.Lambda[:, cols].T))
+        precisions[gi] = matmul(scaled, state.Lambda[:, cols].T)
     common = common_fixed_columns(model)
     k = model.k
     turn = model.factor_cache is None and k > 1  # the rotation move (one random effect)

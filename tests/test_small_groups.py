@@ -60,3 +60,27 @@ def test_kernel_equals_the_per_group_path(model, which):
     # the chain's Generator is left where the per-group path leaves it
     assert got.rng.random() == expected.rng.random()
     del model.__dict__["small_groups"]
+
+
+@pytest.mark.parametrize("which", ["all", "odd"])
+def test_score_terms_equal_the_per_group_loop(model, which):
+    """Step 6 with the small groups' right-hand side and precisions from one kernel."""
+    state = initial_state(model, np.random.default_rng(5), np.random.default_rng(6))
+    for _ in range(3):
+        sampler.gibbs_iteration(model, state)
+    every = list(range(len(model.groups)))
+    assert not sampler.scores_collapsed(model)
+
+    def scores(members):
+        new = copy.deepcopy(state)
+        model.__dict__["small_groups"] = SmallGroups.pack(model.groups, members) if members else None
+        sampler.sample_scores(model, new)
+        return new
+
+    expected = scores([])
+    got = scores({"all": every, "odd": every[1::2]}[which])
+    assert model.small_groups.vectors is not None
+    np.testing.assert_allclose(got.F, expected.F, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.U_F_rot, expected.U_F_rot, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(got.F, state.F)
+    del model.__dict__["small_groups"]

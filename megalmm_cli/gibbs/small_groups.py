@@ -10,6 +10,10 @@ all such groups in one numba kernel, the groups shared among the threads:
     h2_j on the grid given e*_j = y*_j - X* beta_j               (gridlmm.py)
     u*_j given h2_j: shrink_i e*_ij + sd_i / sqrt(tot_prec_j) z_ij  (gibbs/variance.py)
 
+Step 6 takes each group's part of the factor scores' right-hand side and precision,
+Lambda_g Psi_g (y - X1 B1 - U_R)_g and Lambda_g Psi_g Lambda_g', from one kernel too
+(`score_terms`), for the packed groups whose rotation matrices fit in VECTORS_MAX_BYTES.
+
 The random numbers are those of sampler._sample_group, drawn from the chain's Generator in
 the same order (sampler.sample_trait_side draws them group by group before the kernel runs),
 so a chain is the same as through the per-group path up to rounding.
@@ -25,6 +29,7 @@ from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into
 
 SMALL_MAX_TRAITS = 16        # groups of at most this many traits (and few cells) qualify:
 SMALL_MAX_CELLS = 200_000    # larger ones spend their time in products, not in calls
+VECTORS_MAX_BYTES = 64 << 20  # a copy of the packed groups' eigenvectors, for step 6
 
 
 def qualifies(g, n_coefs: int) -> bool:
@@ -41,7 +46,9 @@ class SmallGroups:
     group's rows and traits; cols: (sum t_g,) trait indices; eigen: (sum n_g,) eigenvalues of
     K on the group's rows; weights: (sum G n_g,) each group's (G, n_g) grid weights;
     half_logdet: (m, G); x1: (sum n_g b1_g,) each group's (n_g, b1_g) Q' X1; x1_ptr: (m + 1,);
-    keep: (sum b1_g,) the B1 rows of each group's fixed-effect columns, keep_ptr: (m + 1,).
+    keep: (sum b1_g,) the B1 rows of each group's fixed-effect columns, keep_ptr: (m + 1,);
+    rows: (sum n_g,) each group's training rows; vectors: (sum n_g^2,) each group's (n_g, n_g)
+    eigenvectors Q, or None above VECTORS_MAX_BYTES.
     """
 
     members: np.ndarray
@@ -55,6 +62,8 @@ class SmallGroups:
     x1_ptr: np.ndarray
     keep: np.ndarray
     keep_ptr: np.ndarray
+    rows: np.ndarray
+    vectors: np.ndarray | None
 
     @classmethod
     def pack(cls, groups, members) -> "SmallGroups":
@@ -78,6 +87,9 @@ class SmallGroups:
             x1_ptr=offsets([g.x1_rot.size for g in chosen]),
             keep=flat([np.flatnonzero(g.x1_keep) for g in chosen]).astype(np.int64),
             keep_ptr=offsets([int(g.x1_keep.sum()) for g in chosen]),
+            rows=flat([g.rows for g in chosen]).astype(np.int64),
+            vectors=(flat([g.rot.vectors for g in chosen]).astype(np.float64)
+                     if 8 * sum(g.rows.size ** 2 for g in chosen) <= VECTORS_MAX_BYTES else None),
         )
 
 
@@ -261,3 +273,53 @@ def _coef_offset(col_ptr, keep_ptr, k, g):
     for h in range(g):
         total += (col_ptr[h + 1] - col_ptr[h]) * (keep_ptr[h + 1] - keep_ptr[h] + k)
     return total
+
+
+def score_terms(packed: SmallGroups, y, u_rot, x1, b1, lam, resid_prec, rhs) -> np.ndarray:
+    """Step 6's terms of the packed groups (packed.vectors must be set): adds
+    Lambda_g Psi_g (y - X1 B1 - Q u*)_g' to rhs (n, k) on each group's rows and returns the
+    (m, k, k) precisions Lambda_g Psi_g Lambda_g'.
+
+    y, u_rot: per packed group its (n_g, t_g) data (original basis) and u*; x1: (n, b1)
+    training rows' fixed-effect design; b1: (b1, t); lam: (k, t); resid_prec: (t,).
+    """
+    y_ptr = np.concatenate([[0], np.cumsum([a.size for a in y])]).astype(np.int64)
+    precisions = np.zeros((packed.members.size, lam.shape[0], lam.shape[0]))
+    _score_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
+                  y_ptr, np.concatenate([np.ravel(a) for a in y]),
+                  np.concatenate([np.ravel(a) for a in u_rot]), x1, b1, lam, resid_prec, rhs,
+                  precisions)
+    return precisions
+
+
+@njit(cache=True)
+def _score_kernel(row_ptr, col_ptr, rows, cols, vectors, y_ptr, y_flat, u_flat, x1, b1, lam,
+                  resid_prec, rhs, precisions):
+    """One thread: groups share rows, so their terms add into the same rows of rhs."""
+    k = lam.shape[0]
+    vec_start = 0
+    for g in range(row_ptr.size - 1):
+        n = row_ptr[g + 1] - row_ptr[g]
+        c0, c = col_ptr[g], col_ptr[g + 1] - col_ptr[g]
+        q = vectors[vec_start:vec_start + n * n].reshape((n, n))
+        vec_start += n * n
+        y_g = y_flat[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
+        u_g = u_flat[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
+        rows_g = rows[row_ptr[g]:row_ptr[g + 1]]
+        u_col = np.empty(n)
+        scaled = np.empty(k)
+        for j in range(c):
+            col = cols[c0 + j]
+            for p in range(k):
+                scaled[p] = lam[p, col] * resid_prec[col]
+                for r in range(k):
+                    precisions[g, p, r] += scaled[p] * lam[r, col]
+            for i in range(n):
+                u_col[i] = u_g[i, j]
+            for i in range(n):
+                row = rows_g[i]
+                resid = y_g[i, j] - dot(q[i], u_col)
+                for p in range(b1.shape[0]):
+                    resid -= x1[row, p] * b1[p, col]
+                for p in range(k):
+                    rhs[row, p] += resid * scaled[p]
