@@ -8,10 +8,14 @@ traits by h2 or by loadings; all of them when there are few): the same matrices 
 HPD intervals, and the heatmap. Then convergence diagnostics, the report and plots.
 """
 
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import numba
 import numpy as np
 import pandas as pd
 
@@ -165,7 +169,7 @@ def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
     traits, ids, fixed_names, n_train = read_names(config)
     effect_names = read_effect_names(config)
     stages = iter(range(100))
-    total = len(chains) + 3 + 3 * config.summary.matrices
+    total = len(chains) + 3 + config.summary.matrices
 
     def step(description):  # one stage of the work begins
         if progress is not None:
@@ -238,31 +242,56 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
 
     loading = sum(s.loading_ss for s in summaries if s.loading_ss is not None) / n_draws
     cols = choose_traits(config, traits, table.h2_mean.to_numpy(), loading)
-    names_sub = [traits[j] for j in cols]
     step(f"summarize: G and R among {cols.size} traits")
     subset = SubsetFactors.from_blocks((d for chain in chains for d in chain_draws(chain)), cols)
     among = subset.summary()
     g_low, g_high, r_low, r_high = among["G_low"], among["G_high"], among["R_low"], among["R_high"]
     bounds = {"G": (g_low, g_high), "R": (r_low, r_high)}
-    matrices = {}
     dtype = np.dtype(config.summary.dtype)
+    matrices = None
     if config.summary.matrices:
-        matrices = _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
-                                   bounds, step, echo)
-    g_mean = matrices["G"] if matrices else among["G"]
-    r_mean = matrices["R"] if matrices else among["R"]
-    fmt = "%.9g" if matrices and dtype == np.float32 else "%.10g" if matrices else "%.6g"
+        step(f"summarize: G, R and G_cor over {t} traits, beside the rest")
+        threads = numba.get_num_threads()
+        matrices = BackgroundMatrices.start(
+            lambda: _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
+                                    bounds, threads), out)
+    try:
+        _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_names, out,
+                    echo, step, cols, subset, among, shares_table, h2_table, factors)
+    finally:  # (an error above still waits for the matrices' process)
+        blocks = matrices.result() if matrices is not None else {}
+    if blocks:
+        echo(f"wrote {out / 'matrices.h5'}: G, R and G_cor over {t} traits ({dtype.name})")
+    g_mean = blocks["G"] if blocks else among["G"]
+    r_mean = blocks["R"] if blocks else among["R"]
+    fmt = "%.9g" if blocks and dtype == np.float32 else "%.10g" if blocks else "%.6g"
+    names_sub = [traits[j] for j in cols]
     for name, values in (("G", g_mean), ("R", r_mean), ("G_hpd_low", g_low), ("G_hpd_high", g_high),
                          ("R_hpd_low", r_low), ("R_hpd_high", r_high)):
         write_matrix_csv(out / f"{name}.csv", "trait", names_sub, names_sub, values,
                          fmt if name in ("G", "R") else "%.6g")
-    if matrices:
-        write_matrix_csv(out / "G_cor.csv", "trait", names_sub, names_sub, matrices["G_cor"], fmt)
-    subset_note = (f"{cols.size} of {t} traits" + (f" (summary.top, by {config.summary.by})"
-                                                     if not config.summary.traits else " (summary.traits)")
-                   if cols.size < t else f"all {t} traits")
-    echo(f"wrote {out}/G.csv, R.csv (posterior means) and their 95% HPD bounds for {subset_note}")
+    if blocks:
+        write_matrix_csv(out / "G_cor.csv", "trait", names_sub, names_sub, blocks["G_cor"], fmt)
+    echo(f"wrote {out}/G.csv, R.csv (posterior means) and their 95% HPD bounds for "
+         + _subset_note(config, cols, t))
+    step("summarize: done")
 
+
+def _subset_note(config, cols, t: int) -> str:
+    if cols.size == t:
+        return f"all {t} traits"
+    how = (f" (summary.top, by {config.summary.by})" if not config.summary.traits
+           else " (summary.traits)")
+    return f"{cols.size} of {t} traits{how}"
+
+
+def _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo,
+                step, cols, subset, among, shares_table, h2_table, factors) -> None:
+    """Convergence diagnostics, plots and the report: what needs the subset's G (its posterior
+    mean in float64 from `among`, the same draws as matrices.h5) but not the full matrices."""
+    t = len(traits)
+    names_sub = [traits[j] for j in cols]
+    g_mean = among["G"]
     lengths = [len(s.stack("h2")) for s in summaries]
     monitored = _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean,
                            subset, counts)
@@ -282,12 +311,12 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     from .report import write_plots_and_report
 
     step("summarize: plots and report")
+    subset_note = _subset_note(config, cols, t) if cols.size < t else ""
     report = write_plots_and_report(config, out, names_sub, g_mean, h2_table, diag, names, series,
-                                    g_low, g_high, h2_by_effect=shares_table,
-                                    subset_note=subset_note if cols.size < t else "",
-                                    matrices=bool(matrices), factors=factors)
+                                    among["G_low"], among["G_high"], h2_by_effect=shares_table,
+                                    subset_note=subset_note, matrices=config.summary.matrices,
+                                    factors=factors)
     echo(f"wrote {out}/plots/ and the report: {report}")
-    step("summarize: done")
 
 
 def _write_table(path: Path, table: pd.DataFrame) -> None:
@@ -295,10 +324,12 @@ def _write_table(path: Path, table: pd.DataFrame) -> None:
     write_matrix_csv(path, "trait", table.trait.tolist(), list(table.columns[1:]), values, "%.6g")
 
 
-def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, echo) -> dict:
+def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads: int) -> dict:
     """matrices.h5: G, R and G_cor (t, t) over every trait, chunked; the subset's index and
-    HPD bounds. Returns the subset blocks of G, R, G_cor as float64."""
-    from .gibbs.threads import blas_threads
+    HPD bounds. Returns the subset blocks of G, R, G_cor as float64. BLAS runs on `threads`
+    threads (numba's count, passed in: this may run in a forked process, see
+    BackgroundMatrices, where numba's threads are not to be touched)."""
+    from threadpoolctl import threadpool_limits
 
     t = len(traits)
     chunk = (min(t, 512), min(t, 512))
@@ -310,8 +341,7 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, ec
         for which, meaning in (("G", "posterior mean genetic covariance"),
                                ("R", "posterior mean residual covariance"),
                                ("G_cor", "posterior mean genetic correlation")):
-            step(f"summarize: {which} over {t} traits")
-            with blas_threads():
+            with threadpool_limits(limits=threads, user_api="blas"):
                 matrix, rows = posterior_mean_matrix(
                     (d for chain in chains for d in chain_draws(chain)), which, t, n_draws, dtype)
             dset = h5.create_dataset(which, shape=(t, t), dtype=dtype, chunks=chunk)
@@ -328,8 +358,52 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, step, ec
         for name, (low, high) in bounds.items():
             sub.create_dataset(f"{name}_hpd_low", data=low.astype(dtype))
             sub.create_dataset(f"{name}_hpd_high", data=high.astype(dtype))
-    echo(f"wrote {path}: G, R and G_cor over {t} traits ({dtype.name})")
     return blocks
+
+
+class BackgroundMatrices:
+    """matrices.h5 computed in a forked process while this one writes the diagnostics, plots
+    and report: the products run beside work that mostly uses one core. Where fork is not the
+    platform's usual way (not Linux) the work runs at start() instead.
+
+    The child only reads the chain files and writes matrices.h5 and a .npz of the subset's
+    blocks (removed when read) into the output directory; it never returns into the caller.
+    """
+
+    def __init__(self, pid, out: Path, blocks):
+        self.pid, self.out, self.blocks = pid, out, blocks
+
+    @classmethod
+    def start(cls, work, out: Path) -> "BackgroundMatrices":
+        """work: callable returning the subset blocks (a dict of arrays)."""
+        if not sys.platform.startswith("linux"):
+            return cls(None, out, work())
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                np.savez(out / ".matrices.npz", **work())
+                code = 0
+            except BaseException:
+                (out / ".matrices.error").write_text(traceback.format_exc())
+            finally:
+                os._exit(code)
+        return cls(pid, out, None)
+
+    def result(self) -> dict:
+        """Wait for the child; its blocks, or RuntimeError with its traceback."""
+        if self.pid is None:
+            return self.blocks
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        blocks_path, error = self.out / ".matrices.npz", self.out / ".matrices.error"
+        if os.waitstatus_to_exitcode(status) != 0 or not blocks_path.exists():
+            detail = error.read_text() if error.exists() else f"wait status {status}"
+            raise RuntimeError(f"computing matrices.h5 failed:\n{detail}")
+        with np.load(blocks_path) as saved:
+            self.blocks = {name: saved[name] for name in saved.files}
+        blocks_path.unlink()
+        return self.blocks
 
 
 def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, subset,

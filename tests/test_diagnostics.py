@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from megalmm_cli.cli import main
@@ -271,3 +272,22 @@ def test_subset_csvs_equal_the_hdf5_blocks(tmp_path):
             np.testing.assert_array_equal(csv.to_numpy().astype(np.float32), block, err_msg=name)
         assert h5["G"].dtype == np.float32 and h5["G"].shape == (6, 6) and h5["G"].chunks
     assert "3 of 6 traits" in (summary / "report.md").read_text()
+
+
+def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
+    """summarize computes matrices.h5 in a forked process: its blocks come back whole, and
+    a failure there is an error here, with the child's traceback, and no file left behind."""
+    from megalmm_cli.summarize import BackgroundMatrices
+
+    blocks = {"G": np.arange(6.0).reshape(2, 3), "R": np.eye(2)}
+    job = BackgroundMatrices.start(lambda: blocks, tmp_path)
+    got = job.result()
+    assert set(got) == {"G", "R"} and all(np.array_equal(got[k], blocks[k]) for k in blocks)
+    assert list(tmp_path.iterdir()) == []
+
+    def fails():
+        raise ValueError("no space left for G")
+
+    job = BackgroundMatrices.start(fails, tmp_path)
+    with pytest.raises(RuntimeError, match="no space left for G"):
+        job.result()
