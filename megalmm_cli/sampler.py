@@ -240,7 +240,7 @@ def sample_scores(model: Model, state: State) -> None:
         if g.rot is model.factor_rot:
             in_factor_basis -= matmul(state.U_R_rot[gi], scaled.T)
         elif g.cols.size < model.k:  # rotate the group's U_R back first: n_g^2 t_g < n_g^2 k
-            contrib -= matmul(matmul(g.rot.vectors, state.U_R_rot[gi]), scaled.T)
+            contrib -= matmul(matmul(g.rot.vectors, state.U_R_rot[gi], split_min=1e6), scaled.T)
         else:
             contrib -= matmul(g.rot.vectors, matmul(state.U_R_rot[gi], scaled.T))
         rhs[g.rows] += contrib
