@@ -10,7 +10,7 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
-from .gibbs.small_groups import Draws as SmallDraws, current as current_small_groups
+from .gibbs.small_groups import RandomNumbers, current as current_small_groups
 from .gibbs.small_groups import sample_small_groups, score_terms
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
@@ -52,7 +52,7 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
               else matmul(g.rot.vectors.T, state.F[g.rows]) for g in model.groups]
     small = current_small_groups(model.small_groups, model.groups, model.k)
     members = set() if small is None else set(small.members.tolist())
-    draws = SmallDraws.empty()
+    draws = RandomNumbers.empty()
     largest = max(g.rows.size * g.cols.size for g in model.groups)
     with threads_for(largest):  # all groups small: one switch to a single thread for all
         for gi, g in enumerate(model.groups):
@@ -74,7 +74,7 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
             state.U_R_rot[gi] = u_rot
 
 
-def _draw_small_group(model: Model, state: State, g, draws: SmallDraws) -> None:
+def _draw_small_group(model: Model, state: State, g, draws: RandomNumbers) -> None:
     """The random numbers of _sample_group for a group of the one-kernel path, in its order."""
     p = model.priors
     rng = state.rng

@@ -106,7 +106,7 @@ def current(packed: "SmallGroups | None", groups, k: int) -> "SmallGroups | None
 
 
 @dataclass
-class Draws:
+class RandomNumbers:
     """The random numbers of the packed groups, flat, in the per-group path's shapes:
     std_gamma and uniforms (sum t_g,), coef_noise (sum t_g b_g,) with (t_g, b_g) per group,
     effect_noise (sum n_g t_g,) with (n_g, t_g) per group."""
@@ -117,7 +117,7 @@ class Draws:
     effect_noise: list
 
     @classmethod
-    def empty(cls) -> "Draws":
+    def empty(cls) -> "RandomNumbers":
         return cls([], [], [], [])
 
     def flat(self):
@@ -126,7 +126,7 @@ class Draws:
                                    self.effect_noise))
 
 
-def sample_small_groups(packed: SmallGroups, f_rots, y_rots, draws: Draws, resid_h2_index,
+def sample_small_groups(packed: SmallGroups, f_rots, y_rots, draws: RandomNumbers, resid_h2_index,
                         lambda_prec, b1_prec, tot_eta_rate, log_prior, grid_h2,
                         lambda_out, b1_out, tot_prec_out):
     """Steps 2-4 for every packed group; updates resid_h2_index (t,), lambda_out (k, t),
@@ -153,6 +153,8 @@ def _kernel(row_ptr, col_ptr, cols, eigen, weights, half_logdet, x1, x1_ptr, kee
             f_flat, y_ptr, y_flat, k, lambda_prec, b1_prec, rate0, log_prior, grid_h2,
             std_gamma, coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out, b1_out,
             tot_prec_out, u_out):
+    """Steps 2-4 of every packed group (arguments as sample_small_groups, flat); a group's
+    traits are visited in order, each group by one thread."""
     n_groups = row_ptr.size - 1
     n_grid = log_prior.size
     for g in prange(n_groups):
