@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gibbs.blas import matmul
+from .gibbs.small_groups import current as current_small_groups, project_small_groups
 from .gibbs.variance import sample_random_effects_general
 from .model import Model, Projection
 from .state import State
@@ -92,9 +93,19 @@ def random_effects(model: Model, state: State, dtype=np.float64) -> tuple[np.nda
         sd = np.sqrt(resid_h2 / state.tot_eta_prec)
         return u_f, _project(g.rot, state.U_R_rot[0], g.projection, N, g.rows, sd, rng, dtype)
     u_r = np.empty((N, model.t), dtype=dtype)
+    small = current_small_groups(model.small_groups, model.groups, model.k)
+    packed = set() if small is None or small.projections is None else set(small.members.tolist())
+    sds, noise = [], []
     for gi, g in enumerate(model.groups):
         sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
+        if gi in packed:  # its normals now, in the groups' order; its products below
+            sds.append(sd)
+            noise.append(rng.standard_normal((g.projection.chol.shape[1], g.cols.size))
+                         if g.projection.other_rows.size else np.zeros(0))
+            continue
         u_r[:, g.cols] = _project(g.rot, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng, dtype)
+    if packed:
+        project_small_groups(small, [state.U_R_rot[gi] for gi in small.members], sds, noise, u_r)
     return u_f, u_r
 
 

@@ -84,3 +84,29 @@ def test_score_terms_equal_the_per_group_loop(model, which):
     np.testing.assert_allclose(got.U_F_rot, expected.U_F_rot, rtol=1e-9, atol=1e-12)
     assert not np.allclose(got.F, state.F)
     del model.__dict__["small_groups"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_projections_equal_the_per_group_path(model, dtype):
+    """Each stored draw's U_R on every individual (posterior.random_effects) with the small
+    groups' projections from one kernel: the same prediction-stream normals, the same values."""
+    from megalmm_cli.posterior import random_effects
+
+    state = initial_state(model, np.random.default_rng(7), np.random.default_rng(8))
+    for _ in range(3):
+        sampler.gibbs_iteration(model, state)
+
+    def effects(members):
+        new = copy.deepcopy(state)
+        model.__dict__["small_groups"] = SmallGroups.pack(model.groups, members) if members else None
+        return random_effects(model, new, dtype), new.pred_rng.random()
+
+    (u_f0, u_r0), next0 = effects([])
+    (u_f1, u_r1), next1 = effects(list(range(len(model.groups))))
+    assert model.small_groups.projections is not None
+    assert any(g.projection.other_rows.size for g in model.groups)
+    assert u_r1.dtype == dtype and next1 == next0
+    np.testing.assert_array_equal(u_f1, u_f0)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(u_r1, u_r0, rtol=tol, atol=tol * np.abs(u_r0).max())
+    del model.__dict__["small_groups"]

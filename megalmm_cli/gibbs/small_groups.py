@@ -12,7 +12,8 @@ all such groups in one numba kernel, the groups shared among the threads:
 
 Step 6 takes each group's part of the factor scores' right-hand side and precision,
 Lambda_g Psi_g (y - X1 B1 - U_R)_g and Lambda_g Psi_g Lambda_g', from one kernel too
-(`score_terms`), for the packed groups whose rotation matrices fit in VECTORS_MAX_BYTES.
+(`score_terms`), and each stored draw their U_R on every individual (`project_small_groups`),
+where copies of their eigenvectors and projection maps fit in PACKED_MAX_BYTES.
 
 The random numbers are those of sampler._sample_group, drawn from the chain's Generator in
 the same order (sampler.sample_trait_side draws them group by group before the kernel runs),
@@ -29,7 +30,8 @@ from .linalg import cholesky_into, dot, draw_with_factor, solve_lower_into
 
 SMALL_MAX_TRAITS = 16        # groups of at most this many traits (and few cells) qualify:
 SMALL_MAX_CELLS = 200_000    # larger ones spend their time in products, not in calls
-VECTORS_MAX_BYTES = 64 << 20  # a copy of the packed groups' eigenvectors, for step 6
+PACKED_MAX_BYTES = 64 << 20  # copies of the packed groups' eigenvectors (for step 6) and
+                             # projection maps (for the per-draw random effects)
 
 
 def qualifies(g, n_coefs: int) -> bool:
@@ -48,7 +50,8 @@ class SmallGroups:
     half_logdet: (m, G); x1: (sum n_g b1_g,) each group's (n_g, b1_g) Q' X1; x1_ptr: (m + 1,);
     keep: (sum b1_g,) the B1 rows of each group's fixed-effect columns, keep_ptr: (m + 1,);
     rows: (sum n_g,) each group's training rows; vectors: (sum n_g^2,) each group's (n_g, n_g)
-    eigenvectors Q, or None above VECTORS_MAX_BYTES.
+    eigenvectors Q, or None above PACKED_MAX_BYTES; projections: a ProjectionPack of the
+    groups' maps to the other individuals, or None when they and the vectors exceed it.
     """
 
     members: np.ndarray
@@ -64,6 +67,7 @@ class SmallGroups:
     keep_ptr: np.ndarray
     rows: np.ndarray
     vectors: np.ndarray | None
+    projections: "ProjectionPack | None"
 
     @classmethod
     def pack(cls, groups, members) -> "SmallGroups":
@@ -74,6 +78,9 @@ class SmallGroups:
 
         def flat(arrays):
             return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
+
+        vector_size = sum(g.rows.size ** 2 for g in chosen)
+        map_size = sum(g.projection.mean_map.size + g.projection.chol.size for g in chosen)
 
         return cls(
             members=np.asarray(members, dtype=np.int64),
@@ -89,8 +96,36 @@ class SmallGroups:
             keep_ptr=offsets([int(g.x1_keep.sum()) for g in chosen]),
             rows=flat([g.rows for g in chosen]).astype(np.int64),
             vectors=(flat([g.rot.vectors for g in chosen]).astype(np.float64)
-                     if 8 * sum(g.rows.size ** 2 for g in chosen) <= VECTORS_MAX_BYTES else None),
+                     if 8 * vector_size <= PACKED_MAX_BYTES else None),
+            projections=(ProjectionPack.pack(chosen, offsets, flat)
+                         if 8 * (vector_size + map_size) <= PACKED_MAX_BYTES else None),
         )
+
+
+@dataclass(frozen=True)
+class ProjectionPack:
+    """Each packed group's conditional draw of u on the other individuals (model.Projection),
+    flat: others (sum n_o,) their indices into all N, other_ptr (m + 1,); maps (sum n_o n_g,)
+    the (n_o, n_g) mean maps, map_ptr; chols (sum n_o^2,) the (n_o, n_o) factors, chol_ptr;
+    vec_ptr: offsets of the (n_g, n_g) eigenvectors in SmallGroups.vectors."""
+
+    others: np.ndarray
+    other_ptr: np.ndarray
+    maps: np.ndarray
+    map_ptr: np.ndarray
+    chols: np.ndarray
+    chol_ptr: np.ndarray
+    vec_ptr: np.ndarray
+
+    @classmethod
+    def pack(cls, chosen, offsets, flat) -> "ProjectionPack":
+        return cls(others=flat([g.projection.other_rows for g in chosen]).astype(np.int64),
+                   other_ptr=offsets([g.projection.other_rows.size for g in chosen]),
+                   maps=flat([g.projection.mean_map for g in chosen]).astype(np.float64),
+                   map_ptr=offsets([g.projection.mean_map.size for g in chosen]),
+                   chols=flat([g.projection.chol for g in chosen]).astype(np.float64),
+                   chol_ptr=offsets([g.projection.chol.size for g in chosen]),
+                   vec_ptr=offsets([g.rows.size ** 2 for g in chosen]))
 
 
 def current(packed: "SmallGroups | None", groups, k: int) -> "SmallGroups | None":
@@ -325,3 +360,51 @@ def _score_kernel(row_ptr, col_ptr, rows, cols, vectors, y_ptr, y_flat, u_flat, 
                     resid -= x1[row, p] * b1[p, col]
                 for p in range(k):
                     rhs[row, p] += resid * scaled[p]
+
+
+def project_small_groups(packed: SmallGroups, u_rots, sds, normals, out) -> None:
+    """U_R of the packed groups on every individual (posterior.random_effects' per-group
+    _project, for all packed groups in one kernel): rows of group g from Q u*, the others
+    from mean_map u* + sd chol z. u_rots: per group (n_g, t_g); sds: per group (t_g,) the
+    prior sd scale; normals: per group its (n_o, t_g) z, or an empty array when n_o = 0;
+    out: (N, t) written on the groups' traits (any float dtype)."""
+    proj = packed.projections
+    u_ptr = np.concatenate([[0], np.cumsum([u.size for u in u_rots])]).astype(np.int64)
+    z_ptr = np.concatenate([[0], np.cumsum([z.size for z in normals])]).astype(np.int64)
+    _project_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
+                    proj.vec_ptr, proj.others, proj.other_ptr, proj.maps, proj.map_ptr,
+                    proj.chols, proj.chol_ptr, u_ptr,
+                    np.concatenate([np.ravel(u) for u in u_rots]),
+                    np.concatenate([np.ravel(sd) for sd in sds]), z_ptr,
+                    np.concatenate([np.ravel(z) for z in normals]), out)
+
+
+@njit(parallel=True, cache=True)
+def _project_kernel(row_ptr, col_ptr, rows, cols, vectors, vec_ptr, others, other_ptr, maps,
+                    map_ptr, chols, chol_ptr, u_ptr, u_flat, sd_flat, z_ptr, z_flat, out):
+    """Groups in parallel: they write disjoint columns of out."""
+    for g in prange(row_ptr.size - 1):
+        n = row_ptr[g + 1] - row_ptr[g]
+        n_o = other_ptr[g + 1] - other_ptr[g]
+        c0, c = col_ptr[g], col_ptr[g + 1] - col_ptr[g]
+        q = vectors[vec_ptr[g]:vec_ptr[g + 1]].reshape((n, n))
+        mean_map = maps[map_ptr[g]:map_ptr[g + 1]].reshape((n_o, n))
+        chol = chols[chol_ptr[g]:chol_ptr[g + 1]].reshape((n_o, n_o))
+        u_g = u_flat[u_ptr[g]:u_ptr[g + 1]].reshape((n, c))
+        z_g = z_flat[z_ptr[g]:z_ptr[g + 1]].reshape((n_o, c))
+        u_col = np.empty(n)
+        z_col = np.empty(n_o)
+        for j in range(c):
+            col = cols[c0 + j]
+            for a in range(n):
+                u_col[a] = u_g[a, j]
+            for i in range(n):
+                out[rows[row_ptr[g] + i], col] = dot(q[i], u_col)
+            if n_o == 0:
+                continue
+            for b in range(n_o):
+                z_col[b] = z_g[b, j]
+            sd = sd_flat[c0 + j]
+            for o in range(n_o):
+                out[others[other_ptr[g] + o], col] = (dot(mean_map[o], u_col)
+                                                      + sd * dot(chol[o], z_col))
