@@ -110,3 +110,27 @@ def test_projections_equal_the_per_group_path(model, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(u_r1, u_r0, rtol=tol, atol=tol * np.abs(u_r0).max())
     del model.__dict__["small_groups"]
+
+
+def test_chain_does_not_depend_on_the_thread_count(model, monkeypatch):
+    """The kernels give each group to one thread: one thread or two, the same bits (with
+    every kernel allowed its threads, however small the work)."""
+    from megalmm_cli.gibbs import threads
+
+    from .conftest import numba_threads
+
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    assert model.small_groups is not None
+
+    def run(threads):
+        state = initial_state(model, np.random.default_rng(9), np.random.default_rng(10))
+        with numba_threads(threads):
+            for _ in range(4):
+                sampler.gibbs_iteration(model, state)
+        return state
+
+    one, two = run(1), run(2)
+    for name in ("Lambda", "B1", "tot_eta_prec", "resid_h2_index", "F"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+    for a, b in zip(one.U_R_rot, two.U_R_rot):
+        np.testing.assert_array_equal(a, b)
