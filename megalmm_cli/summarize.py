@@ -9,6 +9,8 @@ HPD intervals, and the heatmap. Then convergence diagnostics, the report and plo
 """
 
 import os
+import pickle
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -258,8 +260,11 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
     try:
         _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_names, out,
                     echo, step, cols, subset, among, shares_table, h2_table, factors)
-    finally:  # (an error above still waits for the matrices' process)
-        blocks = matrices.result() if matrices is not None else {}
+    except BaseException:  # this process's own error wins; the matrices' process is stopped
+        if matrices is not None:
+            matrices.abandon()
+        raise
+    blocks = matrices.result() if matrices is not None else {}
     if blocks:
         echo(f"wrote {out / 'matrices.h5'}: G, R and G_cor over {t} traits ({dtype.name})")
     g_mean = blocks["G"] if blocks else among["G"]
@@ -368,6 +373,9 @@ class BackgroundMatrices:
 
     The child only reads the chain files and writes matrices.h5 and a .npz of the subset's
     blocks (removed when read) into the output directory; it never returns into the caller.
+    It dies with this process (PR_SET_PDEATHSIG). An exception in the child is raised here as
+    itself (a UserError stays a one-line error, a full disk an OSError, Ctrl-C an interrupt),
+    pickled through the output directory.
     """
 
     def __init__(self, pid, out: Path, blocks):
@@ -382,28 +390,71 @@ class BackgroundMatrices:
         if pid == 0:  # the child
             code = 1
             try:
+                _die_with_parent()
                 np.savez(out / ".matrices.npz", **work())
                 code = 0
-            except BaseException:
-                (out / ".matrices.error").write_text(traceback.format_exc())
+            except BaseException as exc:
+                _save_exception(out / ".matrices.error", exc)
             finally:
                 os._exit(code)
         return cls(pid, out, None)
 
     def result(self) -> dict:
-        """Wait for the child; its blocks, or RuntimeError with its traceback."""
+        """Wait for the child; its blocks, or its exception."""
         if self.pid is None:
             return self.blocks
-        _, status = os.waitpid(self.pid, 0)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except BaseException:  # interrupted while waiting
+            self.abandon()
+            raise
         self.pid = None
         blocks_path, error = self.out / ".matrices.npz", self.out / ".matrices.error"
         if os.waitstatus_to_exitcode(status) != 0 or not blocks_path.exists():
-            detail = error.read_text() if error.exists() else f"wait status {status}"
-            raise RuntimeError(f"computing matrices.h5 failed:\n{detail}")
+            if error.exists():
+                raise _load_exception(error)
+            raise RuntimeError(f"computing matrices.h5 failed (wait status {status})")
         with np.load(blocks_path) as saved:
             self.blocks = {name: saved[name] for name in saved.files}
         blocks_path.unlink()
         return self.blocks
+
+    def abandon(self) -> None:
+        """Stop the child (this process failed on its own): kill it and reap it."""
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.pid = None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (a killed summarize leaves no child
+    writing into its temporary directory)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
+
+
+def _save_exception(path: Path, exc: BaseException) -> None:
+    """The exception, pickled; when it cannot be, a RuntimeError with its traceback."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        data = pickle.dumps(RuntimeError(f"computing matrices.h5 failed:\n{text}"))
+    path.write_bytes(data)
+
+
+def _load_exception(path: Path) -> BaseException:
+    return pickle.loads(path.read_bytes())
 
 
 def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, subset,

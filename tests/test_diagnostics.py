@@ -275,8 +275,13 @@ def test_subset_csvs_equal_the_hdf5_blocks(tmp_path):
 
 
 def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
-    """summarize computes matrices.h5 in a forked process: its blocks come back whole, and
-    a failure there is an error here, with the child's traceback, and no file left behind."""
+    """summarize computes matrices.h5 in a forked process: its blocks come back whole; its
+    exception is raised here as itself (a user's error stays a one-line error, a full disk an
+    OSError); when this process fails first, the child is stopped and reaped."""
+    import errno
+    import os
+
+    from megalmm_cli.errors import UserError
     from megalmm_cli.summarize import BackgroundMatrices
 
     blocks = {"G": np.arange(6.0).reshape(2, 3), "R": np.eye(2)}
@@ -285,9 +290,26 @@ def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
     assert set(got) == {"G", "R"} and all(np.array_equal(got[k], blocks[k]) for k in blocks)
     assert list(tmp_path.iterdir()) == []
 
-    def fails():
-        raise ValueError("no space left for G")
+    def fails(exc):
+        def work():
+            raise exc
+        return work
 
-    job = BackgroundMatrices.start(fails, tmp_path)
-    with pytest.raises(RuntimeError, match="no space left for G"):
-        job.result()
+    for exc in (UserError("chain_1.h5: cannot open the chain file"),
+                OSError(errno.ENOSPC, "No space left on device")):
+        job = BackgroundMatrices.start(fails(exc), tmp_path)
+        with pytest.raises(type(exc)) as raised:
+            job.result()
+        assert str(raised.value) == str(exc)
+
+    def never_done():
+        import signal
+
+        signal.pause()  # until killed
+
+    job = BackgroundMatrices.start(never_done, tmp_path)
+    pid = job.pid
+    job.abandon()
+    assert job.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
