@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gibbs.blas import matmul
-from .gibbs.small_groups import current as current_small_groups, project_small_groups
+from .gibbs.small_groups import project_small_groups
 from .gibbs.variance import sample_random_effects_general
 from .model import Model, Projection
 from .state import State
@@ -93,7 +93,7 @@ def random_effects(model: Model, state: State, dtype=np.float64) -> tuple[np.nda
         sd = np.sqrt(resid_h2 / state.tot_eta_prec)
         return u_f, _project(g.rot, state.U_R_rot[0], g.projection, N, g.rows, sd, rng, dtype)
     u_r = np.empty((N, model.t), dtype=dtype)
-    small = current_small_groups(model.small_groups, model.groups, model.k)
+    small = model.small_groups
     packed = set() if small is None or small.projections is None else set(small.members.tolist())
     sds, noise = [], []
     for gi, g in enumerate(model.groups):

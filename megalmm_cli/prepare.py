@@ -23,7 +23,7 @@ from .design import fixed_design, formula_variables, level_kinship, missing_data
 from .cachefile import CACHE_NAME, CacheFile, CacheGroup, fingerprint, is_complete, read_cache
 from .errors import UserError
 from .factor_count import factor_range
-from .gibbs.small_groups import PACKED_MAX_BYTES, SMALL_MAX_CELLS, SMALL_MAX_TRAITS
+from .gibbs.small_groups import PACKED_MAX_BYTES, is_small
 from .gridcache import build_cache, cache_bytes, grid_point_count, slice_count, whitened_bytes
 from .lock import prepare_lock
 from .rawh5 import install, remove_stale_temporaries, temporary_path
@@ -202,8 +202,7 @@ def memory_estimate(n_all: int, group_rows, t: int, divisions: int, b: int,
         maps = n_effects if n_effects > 1 else 1
         floats += 2 * n_g * n_g + maps * (n_o * n_g + n_o * n_o) + n_points * n_g
     if n_effects == 1 and group_traits is not None:  # copies packed for the small groups
-        small = [n_g for n_g, t_g in zip(group_rows, group_traits)
-                 if t_g <= SMALL_MAX_TRAITS and n_g * t_g < SMALL_MAX_CELLS]
+        small = [n_g for n_g, t_g in zip(group_rows, group_traits) if is_small(n_g, t_g)]
         packed = sum(n_g * n_g + (n_all - n_g) * (n_g + n_all - n_g) for n_g in small)
         floats += min(packed, PACKED_MAX_BYTES // 8) + sum(n_points * n_g for n_g in small)
     return 8 * floats

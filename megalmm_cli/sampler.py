@@ -10,8 +10,7 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
 from .gibbs.threads import threads_for
-from .gibbs.small_groups import RandomNumbers, current as current_small_groups
-from .gibbs.small_groups import sample_small_groups, score_terms
+from .gibbs.small_groups import RandomNumbers, sample_small_groups, score_terms
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
 from .gibbs.variance import (general_loglik, sample_h2_index, sample_random_effects,
@@ -50,7 +49,7 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
     # each group's rotation of F (n_g^2 k) is often its largest product: on two threads first
     f_rots = [f_rot_all if f_rot_all is not None and g.rot is model.factor_rot
               else matmul(g.rot.vectors.T, state.F[g.rows]) for g in model.groups]
-    small = current_small_groups(model.small_groups, model.groups, model.k)
+    small = model.small_groups
     members = set() if small is None else set(small.members.tolist())
     draws = RandomNumbers.empty()
     largest = max(g.rows.size * g.cols.size for g in model.groups)
@@ -220,7 +219,7 @@ def sample_scores(model: Model, state: State) -> None:
     rhs = (model.x2 @ state.B2F) * f_e_prec[None, :]
     in_factor_basis = state.U_F_rot * f_e_prec[None, :]
     precisions = [None] * len(model.groups)
-    small = current_small_groups(model.small_groups, model.groups, model.k)
+    small = model.small_groups
     if small is not None and (small.vectors is None or any(
             model.groups[gi].rot is model.factor_rot for gi in small.members)):
         small = None  # (their eigenvectors too large to copy, or one in the factor rotation)

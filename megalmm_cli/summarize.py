@@ -334,7 +334,7 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads:
     HPD bounds. Returns the subset blocks of G, R, G_cor as float64. BLAS runs on `threads`
     threads (numba's count, passed in: this may run in a forked process, see
     BackgroundMatrices, where numba's threads are not to be touched)."""
-    from threadpoolctl import threadpool_limits
+    from .gibbs.threads import blas_threads
 
     t = len(traits)
     chunk = (min(t, 512), min(t, 512))
@@ -346,7 +346,7 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads:
         for which, meaning in (("G", "posterior mean genetic covariance"),
                                ("R", "posterior mean residual covariance"),
                                ("G_cor", "posterior mean genetic correlation")):
-            with threadpool_limits(limits=threads, user_api="blas"):
+            with blas_threads(threads):
                 matrix, rows = posterior_mean_matrix(
                     (d for chain in chains for d in chain_draws(chain)), which, t, n_draws, dtype)
             dset = h5.create_dataset(which, shape=(t, t), dtype=dtype, chunks=chunk)

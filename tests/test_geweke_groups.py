@@ -295,6 +295,8 @@ def test_geweke_two_groups_blocked_coefficients(model, mc, monkeypatch):
     from megalmm_cli.gibbs import coefficients
 
     monkeypatch.setattr(coefficients, "JOINT_MAX", 1)
+    # the small-groups kernel draws collapsed only: the model was packed with the usual JOINT_MAX
+    monkeypatch.setitem(model.__dict__, "small_groups", None)
     monkeypatch.setattr(coefficients, "BLOCK_SIZE", 1)
     assert not coefficients.is_collapsed(2)
     z = chain_z(model, mc, SC_ITERATIONS, seed=6, label="two groups, blocked coefficients")

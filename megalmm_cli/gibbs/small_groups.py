@@ -34,10 +34,15 @@ PACKED_MAX_BYTES = 64 << 20  # copies of the packed groups' eigenvectors (for st
                              # projection maps (for the per-draw random effects)
 
 
+def is_small(n_rows: int, n_traits: int) -> bool:
+    """Whether a group of this shape is small enough for the kernels (prepare's estimate too)."""
+    return n_traits <= SMALL_MAX_TRAITS and n_rows * n_traits < SMALL_MAX_CELLS
+
+
 def qualifies(g, n_coefs: int) -> bool:
     """Whether group g takes the one-kernel path with n_coefs = b1_g + k coefficients."""
-    return (g.cache is None and g.cols.size <= SMALL_MAX_TRAITS
-            and g.rows.size * g.cols.size < SMALL_MAX_CELLS and coefficients.is_collapsed(n_coefs))
+    return (g.cache is None and is_small(g.rows.size, g.cols.size)
+            and coefficients.is_collapsed(n_coefs))
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,9 @@ class SmallGroups:
     half_logdet: (m, G); x1: (sum n_g b1_g,) each group's (n_g, b1_g) Q' X1; x1_ptr: (m + 1,);
     keep: (sum b1_g,) the B1 rows of each group's fixed-effect columns, keep_ptr: (m + 1,);
     rows: (sum n_g,) each group's training rows; vectors: (sum n_g^2,) each group's (n_g, n_g)
-    eigenvectors Q, or None above PACKED_MAX_BYTES; projections: a ProjectionPack of the
-    groups' maps to the other individuals, or None when they and the vectors exceed it.
+    eigenvectors Q, or None above PACKED_MAX_BYTES, vec_ptr: (m + 1,) their offsets;
+    projections: a ProjectionPack of the groups' maps to the other individuals, or None when
+    they and the vectors exceed it.
     """
 
     members: np.ndarray
@@ -67,6 +73,7 @@ class SmallGroups:
     keep_ptr: np.ndarray
     rows: np.ndarray
     vectors: np.ndarray | None
+    vec_ptr: np.ndarray
     projections: "ProjectionPack | None"
 
     @classmethod
@@ -97,6 +104,7 @@ class SmallGroups:
             rows=flat([g.rows for g in chosen]).astype(np.int64),
             vectors=(flat([g.rot.vectors for g in chosen]).astype(np.float64)
                      if 8 * vector_size <= PACKED_MAX_BYTES else None),
+            vec_ptr=offsets([g.rows.size ** 2 for g in chosen]),
             projections=(ProjectionPack.pack(chosen, offsets, flat)
                          if 8 * (vector_size + map_size) <= PACKED_MAX_BYTES else None),
         )
@@ -106,8 +114,7 @@ class SmallGroups:
 class ProjectionPack:
     """Each packed group's conditional draw of u on the other individuals (model.Projection),
     flat: others (sum n_o,) their indices into all N, other_ptr (m + 1,); maps (sum n_o n_g,)
-    the (n_o, n_g) mean maps, map_ptr; chols (sum n_o^2,) the (n_o, n_o) factors, chol_ptr;
-    vec_ptr: offsets of the (n_g, n_g) eigenvectors in SmallGroups.vectors."""
+    the (n_o, n_g) mean maps, map_ptr; chols (sum n_o^2,) the (n_o, n_o) factors, chol_ptr."""
 
     others: np.ndarray
     other_ptr: np.ndarray
@@ -115,7 +122,6 @@ class ProjectionPack:
     map_ptr: np.ndarray
     chols: np.ndarray
     chol_ptr: np.ndarray
-    vec_ptr: np.ndarray
 
     @classmethod
     def pack(cls, chosen, offsets, flat) -> "ProjectionPack":
@@ -124,20 +130,7 @@ class ProjectionPack:
                    maps=flat([g.projection.mean_map for g in chosen]).astype(np.float64),
                    map_ptr=offsets([g.projection.mean_map.size for g in chosen]),
                    chols=flat([g.projection.chol for g in chosen]).astype(np.float64),
-                   chol_ptr=offsets([g.projection.chol.size for g in chosen]),
-                   vec_ptr=offsets([g.rows.size ** 2 for g in chosen]))
-
-
-def current(packed: "SmallGroups | None", groups, k: int) -> "SmallGroups | None":
-    """packed, or a packing of those of its groups that still qualify (the collapsed update
-    needs b1_g + k <= JOINT_MAX, which a test may lower)."""
-    if packed is None:
-        return None
-    keep = [i for i in packed.members.tolist()
-            if qualifies(groups[i], int(groups[i].x1_keep.sum()) + k)]
-    if len(keep) == packed.members.size:
-        return packed
-    return SmallGroups.pack(groups, keep) if keep else None
+                   chol_ptr=offsets([g.projection.chol.size for g in chosen]))
 
 
 @dataclass
@@ -172,22 +165,24 @@ def sample_small_groups(packed: SmallGroups, f_rots, y_rots, draws: RandomNumber
     """
     k = lambda_out.shape[0]
     y_ptr = np.concatenate([[0], np.cumsum([y.size for y in y_rots])]).astype(np.int64)
+    coef_ptr = np.concatenate([[0], np.cumsum([a.size for a in draws.coef_noise])]).astype(np.int64)
     std_gamma, coef_noise, uniforms, effect_noise = draws.flat()
     u_flat = np.empty(int(y_ptr[-1]))
     _kernel(packed.row_ptr, packed.col_ptr, packed.cols, packed.eigen, packed.weights,
             packed.half_logdet, packed.x1, packed.x1_ptr, packed.keep, packed.keep_ptr,
             np.concatenate([np.ravel(f) for f in f_rots]), y_ptr,
             np.concatenate([np.ravel(y) for y in y_rots]), k, lambda_prec, float(b1_prec),
-            float(tot_eta_rate), log_prior, grid_h2, std_gamma, coef_noise, uniforms,
-            effect_noise, resid_h2_index, lambda_out, b1_out, tot_prec_out, u_flat)
+            float(tot_eta_rate), log_prior, grid_h2, std_gamma, coef_ptr,
+            coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out, b1_out, tot_prec_out,
+            u_flat)
     return [u_flat[y_ptr[i]:y_ptr[i + 1]].reshape(y.shape) for i, y in enumerate(y_rots)]
 
 
 @njit(parallel=True, cache=True)
 def _kernel(row_ptr, col_ptr, cols, eigen, weights, half_logdet, x1, x1_ptr, keep, keep_ptr,
             f_flat, y_ptr, y_flat, k, lambda_prec, b1_prec, rate0, log_prior, grid_h2,
-            std_gamma, coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out, b1_out,
-            tot_prec_out, u_out):
+            std_gamma, coef_ptr, coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out,
+            b1_out, tot_prec_out, u_out):
     """Steps 2-4 of every packed group (arguments as sample_small_groups, flat); a group's
     traits are visited in order, each group by one thread."""
     n_groups = row_ptr.size - 1
@@ -261,7 +256,7 @@ def _kernel(row_ptr, col_ptr, cols, eigen, weights, half_logdet, x1, x1_ptr, kee
             position = c0 + j  # this trait's place among the packed traits
             tau = std_gamma[position] / (rate0 + 0.5 * max(quad, 0.0))
             inv_root = 1.0 / np.sqrt(tau)
-            start = _coef_offset(col_ptr, keep_ptr, k, g) + j * b
+            start = coef_ptr[g] + j * b
             for p in range(b):
                 noise[p] = coef_noise[start + p] * inv_root
             draw_with_factor(low, xty, noise, v, beta)
@@ -303,15 +298,6 @@ def _kernel(row_ptr, col_ptr, cols, eigen, weights, half_logdet, x1, x1_ptr, kee
                 u_g[i, j] = shrink * e[i] + sd * inv_root * z_g[i, j]
 
 
-@njit(cache=True)
-def _coef_offset(col_ptr, keep_ptr, k, g):
-    """Start of group g's (t_g, b_g) coefficient noise in the flat array."""
-    total = 0
-    for h in range(g):
-        total += (col_ptr[h + 1] - col_ptr[h]) * (keep_ptr[h + 1] - keep_ptr[h] + k)
-    return total
-
-
 def score_terms(packed: SmallGroups, y, u_rot, x1, b1, lam, resid_prec, rhs) -> np.ndarray:
     """Step 6's terms of the packed groups (packed.vectors must be set): adds
     Lambda_g Psi_g (y - X1 B1 - Q u*)_g' to rhs (n, k) on each group's rows and returns the
@@ -323,23 +309,21 @@ def score_terms(packed: SmallGroups, y, u_rot, x1, b1, lam, resid_prec, rhs) -> 
     y_ptr = np.concatenate([[0], np.cumsum([a.size for a in y])]).astype(np.int64)
     precisions = np.zeros((packed.members.size, lam.shape[0], lam.shape[0]))
     _score_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
-                  y_ptr, np.concatenate([np.ravel(a) for a in y]),
+                  packed.vec_ptr, y_ptr, np.concatenate([np.ravel(a) for a in y]),
                   np.concatenate([np.ravel(a) for a in u_rot]), x1, b1, lam, resid_prec, rhs,
                   precisions)
     return precisions
 
 
 @njit(cache=True)
-def _score_kernel(row_ptr, col_ptr, rows, cols, vectors, y_ptr, y_flat, u_flat, x1, b1, lam,
-                  resid_prec, rhs, precisions):
+def _score_kernel(row_ptr, col_ptr, rows, cols, vectors, vec_ptr, y_ptr, y_flat, u_flat, x1,
+                  b1, lam, resid_prec, rhs, precisions):
     """One thread: groups share rows, so their terms add into the same rows of rhs."""
     k = lam.shape[0]
-    vec_start = 0
     for g in range(row_ptr.size - 1):
         n = row_ptr[g + 1] - row_ptr[g]
         c0, c = col_ptr[g], col_ptr[g + 1] - col_ptr[g]
-        q = vectors[vec_start:vec_start + n * n].reshape((n, n))
-        vec_start += n * n
+        q = vectors[vec_ptr[g]:vec_ptr[g + 1]].reshape((n, n))
         y_g = y_flat[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
         u_g = u_flat[y_ptr[g]:y_ptr[g + 1]].reshape((n, c))
         rows_g = rows[row_ptr[g]:row_ptr[g + 1]]
@@ -372,7 +356,7 @@ def project_small_groups(packed: SmallGroups, u_rots, sds, normals, out) -> None
     u_ptr = np.concatenate([[0], np.cumsum([u.size for u in u_rots])]).astype(np.int64)
     z_ptr = np.concatenate([[0], np.cumsum([z.size for z in normals])]).astype(np.int64)
     _project_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
-                    proj.vec_ptr, proj.others, proj.other_ptr, proj.maps, proj.map_ptr,
+                    packed.vec_ptr, proj.others, proj.other_ptr, proj.maps, proj.map_ptr,
                     proj.chols, proj.chol_ptr, u_ptr,
                     np.concatenate([np.ravel(u) for u in u_rots]),
                     np.concatenate([np.ravel(sd) for sd in sds]), z_ptr,

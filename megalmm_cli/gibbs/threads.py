@@ -29,11 +29,13 @@ def threads_for(work: float):
 
 
 @contextmanager
-def blas_threads():
-    """Let BLAS use numba's threads for a block of large products that run alone (summaries):
-    the sampler keeps BLAS on one thread (two layers of threads only compete), but a single
-    big syrk or gemm gains from every core."""
+def blas_threads(threads: int | None = None):
+    """Let BLAS use `threads` threads (numba's count when None) for a block of large products
+    that run alone (summaries): the sampler keeps BLAS on one thread (two layers of threads
+    only compete), but a single big syrk or gemm gains from every core. A forked process
+    passes the count it was given, so as not to touch numba's threads."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=numba.get_num_threads(), user_api="blas"):
+    limit = numba.get_num_threads() if threads is None else threads
+    with threadpool_limits(limits=limit, user_api="blas"):
         yield
