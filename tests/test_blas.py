@@ -1,9 +1,11 @@
-"""gibbs/blas.matmul: the same product whichever route and thread count it takes."""
+"""gibbs/blas.matmul and gibbs/linalg.weighted_grams: the same products whichever route and
+thread count they take."""
 
 import numpy as np
 import pytest
 
 from megalmm_cli.gibbs.blas import matmul
+from megalmm_cli.gibbs.linalg import weighted_grams
 
 from .conftest import numba_threads
 
@@ -24,4 +26,22 @@ def test_matmul_equals_the_plain_product(shape, transposed):
         one = matmul(a, b, split_min=1e3)
     np.testing.assert_allclose(two, a @ b, rtol=1e-12, atol=1e-12)
     assert two.flags.c_contiguous and two.shape == (rows, cols)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("shape", [(1800, 23, 20), (50, 3, 7), (90, 70, 1)])
+def test_weighted_grams_equal_the_plain_products(shape):
+    """gibbs/linalg.weighted_grams: X' diag(w) X for each row w, to rounding, exactly
+    symmetric, the same bits on one thread and two (a strided X too)."""
+    n, b, u = shape
+    rng = np.random.default_rng(n + b)
+    x = rng.standard_normal((b, n)).T  # Fortran-ordered, as an hstack's slice may be
+    weights = rng.uniform(0.1, 3.0, size=(u, n))
+    want = np.stack([x.T @ (x * w[:, None]) for w in weights])
+    with numba_threads(2):
+        two = weighted_grams(x, weights)
+    with numba_threads(1):
+        one = weighted_grams(x, weights)
+    np.testing.assert_allclose(two, want, rtol=1e-12, atol=1e-10)
+    np.testing.assert_array_equal(two, np.swapaxes(two, 1, 2))
     np.testing.assert_array_equal(one, two)

@@ -4,15 +4,34 @@ nothing per column), and weighted Gram matrices of a few columns.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 def weighted_grams(x, weights):
-    """(u, b, b) X' diag(w) X for every row w of weights (u, n), x (n, b): one product
-    (u, n) @ (n, b * b) for all of them."""
+    """(u, b, b) X' diag(w) X for every row w of weights (u, n), x (n, b)."""
+    return _weighted_grams(np.ascontiguousarray(x, dtype=np.float64),
+                           np.ascontiguousarray(weights, dtype=np.float64))
+
+
+@njit(parallel=True, cache=True)
+def _weighted_grams(x, weights):
+    """One Gram matrix per thread at a time: (W X)' X by BLAS, its lower triangle mirrored
+    (exactly symmetric; the same result on any thread count)."""
+    u = weights.shape[0]
     n, b = x.shape
-    outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
-    return (weights @ outer).reshape(weights.shape[0], b, b)
+    out = np.empty((u, b, b))
+    x_t = np.ascontiguousarray(x.T)
+    for g in prange(u):
+        weighted_t = np.empty((b, n))
+        for p in range(b):
+            for i in range(n):
+                weighted_t[p, i] = weights[g, i] * x_t[p, i]
+        gram = np.dot(weighted_t, x)
+        for p in range(b):
+            for r in range(p):
+                gram[r, p] = gram[p, r]
+        out[g] = gram
+    return out
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
