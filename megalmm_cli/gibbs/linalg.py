@@ -7,8 +7,15 @@ import numpy as np
 from numba import njit, prange
 
 
+GRAMS_KERNEL_MIN = 1e6  # multiply-adds below which one numpy product beats waking threads
+
+
 def weighted_grams(x, weights):
     """(u, b, b) X' diag(w) X for every row w of weights (u, n), x (n, b)."""
+    n, b = x.shape
+    if weights.shape[0] * n * b * b < GRAMS_KERNEL_MIN:  # small: one product (u, n) @ (n, b b)
+        outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
+        return (weights @ outer).reshape(weights.shape[0], b, b)
     return _weighted_grams(np.ascontiguousarray(x, dtype=np.float64),
                            np.ascontiguousarray(weights, dtype=np.float64))
 
