@@ -343,7 +343,7 @@ def sample_scores_and_factor_effects(model: Model, state: State) -> None:
         rhs += matmul(np.subtract(state.Y_rot[gi], state.U_R_rot[gi]), scaled.T)
         rhs -= g.x1_rot @ (state.B1[g.x1_keep][:, cols] @ scaled.T)
         precision += matmul(scaled, state.Lambda[:, cols].T)
-    with threads_for(model.n * model.k):
+    with threads_for(model.n * model.k * model.k):  # n systems of k x k (k^3 / 6 each)
         f_rot = sample_rotated_scores(rhs, precision, prior_prec,
                                       normals(state.rng, (model.n, model.k)))
         common = common_fixed_columns(model)

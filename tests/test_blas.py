@@ -29,7 +29,7 @@ def test_matmul_equals_the_plain_product(shape, transposed):
     np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.parametrize("shape", [(1800, 23, 20), (50, 3, 7), (90, 70, 3)])
+@pytest.mark.parametrize("shape", [(1800, 23, 20), (50, 3, 7), (50, 3, 2), (90, 70, 3)])
 def test_weighted_grams_equal_the_plain_products(shape):
     """gibbs/linalg.weighted_grams: X' diag(w) X for each row w, to rounding, exactly
     symmetric, the same bits on one thread and two (a strided X too), by either route."""

@@ -193,11 +193,7 @@ def grouped_normal_equations(x_rot, y_rot, weights, grid_index):
         used, grid_of_col = grid_index.copy(), np.zeros(1, dtype=np.int64)
     else:
         used, grid_of_col = np.unique(grid_index, return_inverse=True)
-    n, b = x_rot.shape
-    if b <= JOINT_MAX and used.size > 4:  # every Gram matrix in one product
-        gram = weighted_grams(x_rot, weights[used])
-    else:
-        gram = np.stack([x_rot.T @ (x_rot * weights[g][:, None]) for g in used])
+    gram = weighted_grams(x_rot, weights[used])
     weighted = np.empty_like(y_rot)
     yty = _weight_columns(y_rot, weights, grid_index.astype(np.int64), weighted)
     xty = matmul(weighted.T, x_rot)

@@ -13,9 +13,15 @@ GRAMS_KERNEL_MIN = 1e6  # multiply-adds below which one numpy product beats waki
 def weighted_grams(x, weights):
     """(u, b, b) X' diag(w) X for every row w of weights (u, n), x (n, b)."""
     n, b = x.shape
-    if weights.shape[0] * n * b * b < GRAMS_KERNEL_MIN:  # small: one product (u, n) @ (n, b b)
-        outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)
-        return (weights @ outer).reshape(weights.shape[0], b, b)
+    u = weights.shape[0]
+    if u * n * b * b < GRAMS_KERNEL_MIN:  # small: numpy
+        if u <= 4:
+            grams = np.stack([x.T @ (x * w[:, None]) for w in weights])
+            upper = np.triu_indices(b, 1)
+            grams[:, upper[0], upper[1]] = grams[:, upper[1], upper[0]]  # exactly symmetric
+            return grams
+        outer = (x[:, :, None] * x[:, None, :]).reshape(n, b * b)  # all in one product
+        return (weights @ outer).reshape(u, b, b)
     return _weighted_grams(np.ascontiguousarray(x, dtype=np.float64),
                            np.ascontiguousarray(weights, dtype=np.float64))
 
