@@ -87,16 +87,19 @@ def grid_loglik(
     tot_prec: np.ndarray,
     log_prior: np.ndarray,
     half_logdet: np.ndarray | None = None,
+    quad: np.ndarray | None = None,
 ) -> np.ndarray:
     """Log posterior (up to a constant) of each grid point for each column.
 
     resid_sq: (n_g, c) squared rotated residuals; weights: (G, n_g) from grid_weights;
-    tot_prec: (c,) total precisions; log_prior: (G,). Returns (G, c):
+    tot_prec: (c,) total precisions; log_prior: (G,); quad: (G, c) weights @ resid_sq when
+    the caller has it (resid_sq is then not read). Returns (G, c):
     sum_i log w_gi / 2 - tot_prec * sum_i w_gi e_i^2 / 2 + log prior_g.
     """
     if half_logdet is None:  # sum_i log w_gi / 2, constant for a group: callers may cache it
         half_logdet = 0.5 * np.log(weights).sum(axis=1)
-    quad = weights @ resid_sq
+    if quad is None:
+        quad = weights @ resid_sq
     return half_logdet[:, None] - 0.5 * quad * tot_prec[None, :] + log_prior[:, None]
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .gibbs.blas import matmul
+from .gibbs.blas import difference_product, matmul, residual
 from .gibbs.coefficients import (draw_by_slice, gamma_shape, grouped_normal_equations,
                                  sample_coefficients)
 from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
@@ -122,8 +122,7 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     state.B1[:, cols] = b1_block
     state.Lambda[:, cols] = coefs[b1g:]
 
-    resid_rot = matmul(x_rot, coefs)  # coefs: a Fortran-ordered view, as BLAS takes it
-    np.subtract(state.Y_rot[gi], resid_rot, out=resid_rot)
+    resid_rot = residual(state.Y_rot[gi], x_rot, coefs)  # coefs: Fortran-ordered, as BLAS takes it
     if cache is None:
         index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior,
                                 rng.random(t_g), g.half_logdet)
@@ -340,7 +339,7 @@ def sample_scores_and_factor_effects(model: Model, state: State) -> None:
         cols = g.col_index
         scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
         # (y* - u_R*) Lambda' Psi in one product: the difference costs a pass, a product n_g t_g k
-        rhs += matmul(np.subtract(state.Y_rot[gi], state.U_R_rot[gi]), scaled.T)
+        rhs += difference_product(state.Y_rot[gi], state.U_R_rot[gi], scaled.T)
         rhs -= g.x1_rot @ (state.B1[g.x1_keep][:, cols] @ scaled.T)
         precision += matmul(scaled, state.Lambda[:, cols].T)
     with threads_for(model.n * model.k * model.k):  # n systems of k x k (k^3 / 6 each)

@@ -45,3 +45,29 @@ def test_weighted_grams_equal_the_plain_products(shape):
     np.testing.assert_allclose(two, want, rtol=1e-12, atol=1e-10)
     np.testing.assert_array_equal(two, np.swapaxes(two, 1, 2))
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("shape", [(300, 40, 2000), (2000, 40, 300), (30, 5, 20)])
+def test_fused_halves_equal_numpy(shape):
+    """residual, difference_product and square_sums: their numpy expressions to rounding,
+    one thread or two bit for bit."""
+    from megalmm_cli.gibbs.blas import difference_product, residual, square_sums
+
+    rows, inner, cols = shape
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, inner))
+    b = rng.standard_normal((inner, cols)).T.copy().T  # Fortran-ordered, as coefficients are
+    base = rng.standard_normal((rows, cols))
+    y, u = rng.standard_normal((rows, inner)), rng.standard_normal((rows, inner))
+    weights = rng.uniform(0.1, 2.0, size=(7, rows))
+    cases = [(lambda: residual(base, a, b, split_min=1e3), base - a @ b),
+             (lambda: difference_product(y, u, b, split_min=1e3), (y - u) @ b),
+             (lambda: square_sums(weights, base, split_min=1e3), weights @ base ** 2)]
+    for compute, want in cases:
+        with numba_threads(2):
+            two = compute()
+        with numba_threads(1):
+            one = compute()
+        np.testing.assert_allclose(two, want, rtol=1e-12, atol=1e-10)
+        np.testing.assert_array_equal(one, two)
+        assert two.flags.c_contiguous

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gridlmm import draw_grid_index, grid_loglik
-from .blas import matmul
+from .blas import matmul, square_sums
 
 
 def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms, half_logdet=None):
@@ -18,7 +18,8 @@ def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms, half_logd
     resid_rot: (n, c) rotated residuals; weights: (G, n); tot_prec: (c,); log_prior: (G,);
     uniforms: (c,). Returns (c,) int.
     """
-    loglik = grid_loglik(resid_rot * resid_rot, weights, tot_prec, log_prior, half_logdet)
+    quad = square_sums(weights, resid_rot)  # (G, c) sum_i w_gi e_ij^2
+    loglik = grid_loglik(None, weights, tot_prec, log_prior, half_logdet, quad)
     return draw_grid_index(loglik, uniforms)
 
 
