@@ -407,7 +407,7 @@ def test_sign_flip_leaks_nothing_into_a_heavily_shrunk_factor():
     np.testing.assert_array_equal(np.abs(cos), 1.0)
 
 
-@pytest.mark.parametrize("k", [5, 120])  # the inline Cholesky, and LAPACK's above 100
+@pytest.mark.parametrize("k", [5, 120])  # rows four at a time, and LAPACK above 64
 def test_rotated_scores_do_not_depend_on_memory_placement_or_threads(k):
     """The same inputs at other addresses (8-byte offsets) and on one or two threads give
     bitwise the same scores, or a resumed chain would not repeat an uninterrupted one."""
