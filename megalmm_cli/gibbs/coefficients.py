@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import matmul
-from .linalg import (cholesky_into, dot, draw_four_with_factors, draw_with_factor, solve_lower_into,
+from .linalg import (cholesky_into, draw_four_with_factors, draw_with_factor, solve_lower_into,
                      weighted_grams)
 
 JOINT_MAX = 64
@@ -124,8 +124,8 @@ def _blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma, no
     Per batch of columns that share the Gram matrix g: beta g (a matrix product: g is
     symmetric), tot_prec given beta, then for each block of m coefficients, per column, the
     m x m system g[blk, blk] + diag(prior) with right-hand side xty - g beta + g[blk, blk]
-    beta[blk]; after each block the batch's change times g's block rows brings beta g up to
-    date (one matrix product).
+    beta[blk] (four columns' systems factorised and solved interleaved); after each block the
+    batch's change times g's block rows brings beta g up to date (one matrix product).
     """
     c, b = xty.shape
     tot_prec = np.empty(c)
