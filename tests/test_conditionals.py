@@ -17,6 +17,7 @@ import scipy.special as sc
 from scipy import stats
 
 from megalmm_cli.gibbs.coefficients import (
+    BATCH,
     BLOCK_SIZE,
     JOINT_MAX,
     gamma_shape,
@@ -461,15 +462,16 @@ def _reference_blocked_sweep(gram, grid_of_col, xty, yty, prior_prec, rate0, std
 
 def test_blocked_sweep_equals_plain_reference():
     """The blocked kernel (columns batched per grid point, matrix products for g beta, four
-    columns' block systems interleaved) gives a plain column-by-column sweep's numbers: 75
-    columns on 3 grid points (batches of 32 and partial ones, lanes left over), b = 69 (four
-    blocks of 16 and one of 5), any thread count."""
+    columns' block systems interleaved) gives a plain column-by-column sweep's numbers: 150
+    columns on 3 grid points (one with more than two batches of 64, partial batches, lanes
+    left over), b = 69 (four blocks of 16 and one of 5), any thread count."""
     rng = np.random.default_rng(8)
-    n, b, c = 90, 69, 75
+    n, b, c = 90, 69, 150
     x = rng.standard_normal((n, b)) + 0.5 * rng.standard_normal((n, 1))
     weights = rng.uniform(0.3, 3.0, size=(5, n))
     y = rng.standard_normal((n, c))
-    grid_index = rng.choice([0, 2, 4], size=c, p=[0.6, 0.1, 0.3])
+    grid_index = rng.choice([0, 2, 4], size=c, p=[0.9, 0.03, 0.07])
+    assert np.bincount(grid_index).max() > 2 * BATCH
     eqs = grouped_normal_equations(x, y, weights, grid_index)
     prior_prec = rng.uniform(0.1, 5.0, size=(c, b))
     prior_prec[:, :2] = 0.0  # flat fixed effects

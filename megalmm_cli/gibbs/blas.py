@@ -64,11 +64,15 @@ def difference_product(y: np.ndarray, u: np.ndarray, b: np.ndarray,
     """(y - u) @ b (C-ordered), each half of the rows differenced and multiplied on its own
     thread (y, u: (n, t) with n the larger side of the result, as F's right-hand side)."""
 
+    rows, inner = y.shape
+    cols = b.shape[1]
+    if 2 <= cols <= SKINNY_MAX and cols * 8 <= rows and inner >= 256:
+        return matmul(np.subtract(y, u), b, split_min)  # matmul's skinny route
+
     def product(r, c, target):
         np.matmul(np.subtract(y[r], u[r]), b[:, c], out=target)
 
-    return _in_halves(y.shape[0], y.shape[1], b.shape[1], np.result_type(y, u, b), split_min,
-                      product)
+    return _in_halves(rows, inner, cols, np.result_type(y, u, b), split_min, product)
 
 
 def square_sums(weights: np.ndarray, values: np.ndarray,

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 import numba
 
-PARALLEL_MIN_WORK = 200_000  # elements (rows x columns) below which one thread is faster
+# work (elements; k^2 per row for rows of k x k systems) below which one thread is faster
+PARALLEL_MIN_WORK = 200_000
 
 
 @contextmanager
