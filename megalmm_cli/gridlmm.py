@@ -87,19 +87,20 @@ def grid_loglik(
     tot_prec: np.ndarray,
     log_prior: np.ndarray,
     half_logdet: np.ndarray | None = None,
-    quad: np.ndarray | None = None,
 ) -> np.ndarray:
     """Log posterior (up to a constant) of each grid point for each column.
 
     resid_sq: (n_g, c) squared rotated residuals; weights: (G, n_g) from grid_weights;
-    tot_prec: (c,) total precisions; log_prior: (G,); quad: (G, c) weights @ resid_sq when
-    the caller has it (resid_sq is then not read). Returns (G, c):
+    tot_prec: (c,) total precisions; log_prior: (G,). Returns (G, c):
     sum_i log w_gi / 2 - tot_prec * sum_i w_gi e_i^2 / 2 + log prior_g.
     """
+    return grid_loglik_of_sums(weights @ resid_sq, weights, tot_prec, log_prior, half_logdet)
+
+
+def grid_loglik_of_sums(quad, weights, tot_prec, log_prior, half_logdet=None) -> np.ndarray:
+    """grid_loglik given quad: (G, c) the weighted sums of squares weights @ resid_sq."""
     if half_logdet is None:  # sum_i log w_gi / 2, constant for a group: callers may cache it
         half_logdet = 0.5 * np.log(weights).sum(axis=1)
-    if quad is None:
-        quad = weights @ resid_sq
     return half_logdet[:, None] - 0.5 * quad * tot_prec[None, :] + log_prior[:, None]
 
 

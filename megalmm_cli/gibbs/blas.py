@@ -26,13 +26,15 @@ def matmul(a: np.ndarray, b: np.ndarray, split_min: float = SPLIT_MIN_FLOPS) -> 
     """a @ b for 2-D arrays, the larger output dimension split in two when the product is big
     (split_min multiply-adds; lower for memory-bound products such as matrix-vector ones).
     Returns a C-ordered array."""
-    rows, inner = a.shape
-    cols = b.shape[1]
-    if 2 <= cols <= SKINNY_MAX and cols * 8 <= rows and inner >= 256:
-        # a large matrix times a few columns (a group's rotation of F, say): OpenBLAS runs the
-        # same product as (b' a')' 1.3-2.9x faster (1,650 x 1,650 by 15 columns: 6.4 -> 2.2 ms)
+    if _skinny(a.shape[0], a.shape[1], b.shape[1]):
         return np.ascontiguousarray(_split_matmul(b.T, a.T, split_min).T)
     return _split_matmul(a, b, split_min)
+
+
+def _skinny(rows: int, inner: int, cols: int) -> bool:
+    """A large matrix times a few columns (a group's rotation of F, say): OpenBLAS runs the
+    same product as (b' a')' 1.3-2.9x faster (1,650 x 1,650 by 15 columns: 6.4 -> 2.2 ms)."""
+    return 2 <= cols <= SKINNY_MAX and cols * 8 <= rows and inner >= 256
 
 
 def _split_matmul(a: np.ndarray, b: np.ndarray, split_min: float) -> np.ndarray:
@@ -49,8 +51,8 @@ def residual(base: np.ndarray, a: np.ndarray, b: np.ndarray,
     difference of two n x t arrays is memory-bound work numpy does on one thread)."""
     rows, inner = a.shape
     cols = b.shape[1]
-    if 2 <= cols <= SKINNY_MAX and cols * 8 <= rows and inner >= 256:
-        return np.subtract(base, matmul(a, b, split_min))  # matmul's skinny route
+    if _skinny(rows, inner, cols):
+        return np.subtract(base, matmul(a, b, split_min))  # matmul's (b' a')' route
 
     def difference(r, c, target):
         np.matmul(a[r], b[:, c], out=target)
@@ -63,11 +65,10 @@ def difference_product(y: np.ndarray, u: np.ndarray, b: np.ndarray,
                        split_min: float = SPLIT_MIN_FLOPS) -> np.ndarray:
     """(y - u) @ b (C-ordered), each half of the rows differenced and multiplied on its own
     thread (y, u: (n, t) with n the larger side of the result, as F's right-hand side)."""
-
     rows, inner = y.shape
     cols = b.shape[1]
-    if 2 <= cols <= SKINNY_MAX and cols * 8 <= rows and inner >= 256:
-        return matmul(np.subtract(y, u), b, split_min)  # matmul's skinny route
+    if _skinny(rows, inner, cols):
+        return matmul(np.subtract(y, u), b, split_min)  # matmul's (b' a')' route
 
     def product(r, c, target):
         np.matmul(np.subtract(y[r], u[r]), b[:, c], out=target)

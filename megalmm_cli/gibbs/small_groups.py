@@ -45,6 +45,16 @@ def qualifies(g, n_coefs: int) -> bool:
             and coefficients.is_collapsed(n_coefs))
 
 
+def _offsets(sizes) -> np.ndarray:
+    """(m + 1,) int64 start of each of m consecutive parts of the given sizes."""
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _flat(arrays) -> np.ndarray:
+    """The arrays raveled one after another (an empty float array for none)."""
+    return np.concatenate([np.ravel(a) for a in arrays]) if len(arrays) else np.zeros(0)
+
+
 @dataclass(frozen=True)
 class SmallGroups:
     """The fixed inputs of a set of groups, packed into flat arrays (offsets per group).
@@ -79,33 +89,26 @@ class SmallGroups:
     @classmethod
     def pack(cls, groups, members) -> "SmallGroups":
         chosen = [groups[i] for i in members]
-
-        def offsets(sizes):
-            return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-
-        def flat(arrays):
-            return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
-
         vector_size = sum(g.rows.size ** 2 for g in chosen)
         map_size = sum(g.projection.mean_map.size + g.projection.chol.size for g in chosen)
 
         return cls(
             members=np.asarray(members, dtype=np.int64),
-            row_ptr=offsets([g.rows.size for g in chosen]),
-            col_ptr=offsets([g.cols.size for g in chosen]),
-            cols=flat([g.cols for g in chosen]).astype(np.int64),
-            eigen=flat([g.rot.values for g in chosen]).astype(np.float64),
-            weights=flat([g.weights for g in chosen]).astype(np.float64),
+            row_ptr=_offsets([g.rows.size for g in chosen]),
+            col_ptr=_offsets([g.cols.size for g in chosen]),
+            cols=_flat([g.cols for g in chosen]).astype(np.int64),
+            eigen=_flat([g.rot.values for g in chosen]).astype(np.float64),
+            weights=_flat([g.weights for g in chosen]).astype(np.float64),
             half_logdet=np.array([g.half_logdet for g in chosen], dtype=np.float64),
-            x1=flat([g.x1_rot for g in chosen]).astype(np.float64),
-            x1_ptr=offsets([g.x1_rot.size for g in chosen]),
-            keep=flat([np.flatnonzero(g.x1_keep) for g in chosen]).astype(np.int64),
-            keep_ptr=offsets([int(g.x1_keep.sum()) for g in chosen]),
-            rows=flat([g.rows for g in chosen]).astype(np.int64),
-            vectors=(flat([g.rot.vectors for g in chosen]).astype(np.float64)
+            x1=_flat([g.x1_rot for g in chosen]).astype(np.float64),
+            x1_ptr=_offsets([g.x1_rot.size for g in chosen]),
+            keep=_flat([np.flatnonzero(g.x1_keep) for g in chosen]).astype(np.int64),
+            keep_ptr=_offsets([int(g.x1_keep.sum()) for g in chosen]),
+            rows=_flat([g.rows for g in chosen]).astype(np.int64),
+            vectors=(_flat([g.rot.vectors for g in chosen]).astype(np.float64)
                      if 8 * vector_size <= PACKED_MAX_BYTES else None),
-            vec_ptr=offsets([g.rows.size ** 2 for g in chosen]),
-            projections=(ProjectionPack.pack(chosen, offsets, flat)
+            vec_ptr=_offsets([g.rows.size ** 2 for g in chosen]),
+            projections=(ProjectionPack.pack(chosen)
                          if 8 * (vector_size + map_size) <= PACKED_MAX_BYTES else None),
         )
 
@@ -124,13 +127,13 @@ class ProjectionPack:
     chol_ptr: np.ndarray
 
     @classmethod
-    def pack(cls, chosen, offsets, flat) -> "ProjectionPack":
-        return cls(others=flat([g.projection.other_rows for g in chosen]).astype(np.int64),
-                   other_ptr=offsets([g.projection.other_rows.size for g in chosen]),
-                   maps=flat([g.projection.mean_map for g in chosen]).astype(np.float64),
-                   map_ptr=offsets([g.projection.mean_map.size for g in chosen]),
-                   chols=flat([g.projection.chol for g in chosen]).astype(np.float64),
-                   chol_ptr=offsets([g.projection.chol.size for g in chosen]))
+    def pack(cls, chosen) -> "ProjectionPack":
+        return cls(others=_flat([g.projection.other_rows for g in chosen]).astype(np.int64),
+                   other_ptr=_offsets([g.projection.other_rows.size for g in chosen]),
+                   maps=_flat([g.projection.mean_map for g in chosen]).astype(np.float64),
+                   map_ptr=_offsets([g.projection.mean_map.size for g in chosen]),
+                   chols=_flat([g.projection.chol for g in chosen]).astype(np.float64),
+                   chol_ptr=_offsets([g.projection.chol.size for g in chosen]))
 
 
 @dataclass
@@ -149,7 +152,7 @@ class RandomNumbers:
         return cls([], [], [], [])
 
     def flat(self):
-        return tuple(np.concatenate([np.ravel(a) for a in parts]) if parts else np.zeros(0)
+        return tuple(_flat(parts)
                      for parts in (self.std_gamma, self.coef_noise, self.uniforms,
                                    self.effect_noise))
 
@@ -164,17 +167,15 @@ def sample_small_groups(packed: SmallGroups, f_rots, y_rots, draws: RandomNumber
     Returns the groups' new u* (n_g, t_g), as a list.
     """
     k = lambda_out.shape[0]
-    y_ptr = np.concatenate([[0], np.cumsum([y.size for y in y_rots])]).astype(np.int64)
-    coef_ptr = np.concatenate([[0], np.cumsum([a.size for a in draws.coef_noise])]).astype(np.int64)
+    y_ptr = _offsets([y.size for y in y_rots])
+    coef_ptr = _offsets([a.size for a in draws.coef_noise])
     std_gamma, coef_noise, uniforms, effect_noise = draws.flat()
     u_flat = np.empty(int(y_ptr[-1]))
     _kernel(packed.row_ptr, packed.col_ptr, packed.cols, packed.eigen, packed.weights,
             packed.half_logdet, packed.x1, packed.x1_ptr, packed.keep, packed.keep_ptr,
-            np.concatenate([np.ravel(f) for f in f_rots]), y_ptr,
-            np.concatenate([np.ravel(y) for y in y_rots]), k, lambda_prec, float(b1_prec),
-            float(tot_eta_rate), log_prior, grid_h2, std_gamma, coef_ptr,
-            coef_noise, uniforms, effect_noise, resid_h2_index, lambda_out, b1_out, tot_prec_out,
-            u_flat)
+            _flat(f_rots), y_ptr, _flat(y_rots), k, lambda_prec, float(b1_prec),
+            float(tot_eta_rate), log_prior, grid_h2, std_gamma, coef_ptr, coef_noise, uniforms,
+            effect_noise, resid_h2_index, lambda_out, b1_out, tot_prec_out, u_flat)
     return [u_flat[y_ptr[i]:y_ptr[i + 1]].reshape(y.shape) for i, y in enumerate(y_rots)]
 
 
@@ -306,11 +307,10 @@ def score_terms(packed: SmallGroups, y, u_rot, x1, b1, lam, resid_prec, rhs) -> 
     y, u_rot: per packed group its (n_g, t_g) data (original basis) and u*; x1: (n, b1)
     training rows' fixed-effect design; b1: (b1, t); lam: (k, t); resid_prec: (t,).
     """
-    y_ptr = np.concatenate([[0], np.cumsum([a.size for a in y])]).astype(np.int64)
+    y_ptr = _offsets([a.size for a in y])
     precisions = np.zeros((packed.members.size, lam.shape[0], lam.shape[0]))
     _score_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
-                  packed.vec_ptr, y_ptr, np.concatenate([np.ravel(a) for a in y]),
-                  np.concatenate([np.ravel(a) for a in u_rot]), x1, b1, lam, resid_prec, rhs,
+                  packed.vec_ptr, y_ptr, _flat(y), _flat(u_rot), x1, b1, lam, resid_prec, rhs,
                   precisions)
     return precisions
 
@@ -353,14 +353,12 @@ def project_small_groups(packed: SmallGroups, u_rots, sds, normals, out) -> None
     prior sd scale; normals: per group its (n_o, t_g) z, or an empty array when n_o = 0;
     out: (N, t) written on the groups' traits (any float dtype)."""
     proj = packed.projections
-    u_ptr = np.concatenate([[0], np.cumsum([u.size for u in u_rots])]).astype(np.int64)
-    z_ptr = np.concatenate([[0], np.cumsum([z.size for z in normals])]).astype(np.int64)
+    u_ptr = _offsets([u.size for u in u_rots])
+    z_ptr = _offsets([z.size for z in normals])
     _project_kernel(packed.row_ptr, packed.col_ptr, packed.rows, packed.cols, packed.vectors,
                     packed.vec_ptr, proj.others, proj.other_ptr, proj.maps, proj.map_ptr,
-                    proj.chols, proj.chol_ptr, u_ptr,
-                    np.concatenate([np.ravel(u) for u in u_rots]),
-                    np.concatenate([np.ravel(sd) for sd in sds]), z_ptr,
-                    np.concatenate([np.ravel(z) for z in normals]), out)
+                    proj.chols, proj.chol_ptr, u_ptr, _flat(u_rots), _flat(sds), z_ptr,
+                    _flat(normals), out)
 
 
 @njit(parallel=True, cache=True)

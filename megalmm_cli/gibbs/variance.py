@@ -8,7 +8,7 @@ whiten through the slice transforms of the Grid-LMM cache (gridcache.py).
 import numpy as np
 from numba import njit, prange
 
-from ..gridlmm import draw_grid_index, grid_loglik
+from ..gridlmm import draw_grid_index, grid_loglik, grid_loglik_of_sums
 from .blas import matmul, square_sums
 
 
@@ -19,7 +19,7 @@ def sample_h2_index(resid_rot, weights, tot_prec, log_prior, uniforms, half_logd
     uniforms: (c,). Returns (c,) int.
     """
     quad = square_sums(weights, resid_rot)  # (G, c) sum_i w_gi e_ij^2
-    loglik = grid_loglik(None, weights, tot_prec, log_prior, half_logdet, quad)
+    loglik = grid_loglik_of_sums(quad, weights, tot_prec, log_prior, half_logdet)
     return draw_grid_index(loglik, uniforms)
 
 
