@@ -29,7 +29,9 @@ statistics for different seeds), and the same chain run to 100,000 iterations ag
 prior (max |z| 2.85 over 66 statistics). With the lighter-tailed ARD prior the inflation
 factors level off at ~4 (thinned by 5) within a few hundred iterations. The code paths are the
 same (including the delta_h >= 1 truncation, which delta_2 ~ Gamma(3, 1) keeps active).
-The default ARD prior is tested by an opt-in 100,000-iteration chain (MEGALMM_LONG_TESTS=1),
+The default ARD prior is tested in CI by test_geweke_shrinkage.py (step 7 alone, with Lambda
+as its data, a chain that mixes at once), and here by an opt-in 100,000-iteration chain of the
+whole sampler (MEGALMM_LONG_TESTS=1),
 the horseshoe prior on Lambda by an opt-in 600,000-iteration chain (its prior draws: local and
 global half-Cauchy scales with their inverse-gamma auxiliaries, delta_1 = 1) and, in CI, by its
 negative control.
