@@ -351,27 +351,19 @@ def _read_accuracy(config) -> pd.DataFrame | None:
         return None
 
 
-def worst_series(diag: pd.DataFrame, names: list, series: np.ndarray, n: int = 6) -> dict:
-    """name -> (C, S) draws of the `n` parameters with the largest R-hat (NaN last)."""
-    order = diag.rhat.fillna(-np.inf).to_numpy().argsort(kind="stable")[::-1][:n]
-    rhat = diag.rhat.to_numpy()
-    return {f"{names[i]} (R-hat {_fmt(float(rhat[i]))})": series[:, :, i] for i in order}
-
-
-def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, names, series,
+def write_plots_and_report(config, out: Path, traits, genetic, h2_table, diag, worst: dict,
                            g_low=None, g_high=None, h2_by_effect=None, subset_note="",
                            matrices=False, factors=None) -> Path:
-    """summary/plots/{trace_worst,genetic_correlation,h2}.png and summary/report.md."""
+    """summary/plots/trace_worst.png (worst: summarize.worst_series' dict),
+    plots/factor_count.png (`model.factors: auto`) and summary/report.md (summarize draws
+    plots/h2.png and plots/genetic_correlation.png before)."""
     from . import plots
     from .prepare import prepared_path
     from .runinfo import chains_for_reading
 
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots.trace_plots(plot_dir / "trace_worst.png", worst_series(diag, names, series))
-    plots.genetic_correlation_heatmap(plot_dir / "genetic_correlation.png", genetic, traits)
-    plots.h2_plot(plot_dir / "h2.png", h2_table.h2_mean, h2_table.hpd_low, h2_table.hpd_high,
-                  list(h2_table.trait))
+    plots.trace_plots(plot_dir / "trace_worst.png", worst)
     m = config.mcmc
     factor_paths, factor_max = {}, None
     if isinstance(config.model.factors, FactorAdaptation):

@@ -8,11 +8,6 @@ traits by h2 or by loadings; all of them when there are few): the same matrices 
 HPD intervals, and the heatmap. Then convergence diagnostics, the report and plots.
 """
 
-import os
-import pickle
-import signal
-import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import FORMAT_VERSION, __version__
+from .background import Forked, JobWorker
 from .config import Config
 from .covariance import (SubsetFactors, chain_draws, effective_factors, hpd_interval,
                          posterior_mean_matrix, ranked_factor_shares, tail_size,
@@ -177,16 +173,58 @@ def run_summarize(config: Config, echo=print, warn=None, progress=None) -> Path:
         if progress is not None:
             progress(next(stages), total, description)
 
-    summaries = []
-    for i, chain in enumerate(chains):
-        step(f"summarize: per-trait draws, chain {i + 1}")
-        summaries.append(summarize_chain(chain))
     final = Path(config.run.output_dir) / "summary"
     with replaced_directory(final) as out:
         say = lambda text: echo(text.replace(str(out), str(final)))  # noqa: E731
-        _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, say, step)
-        _write_fixed_effects(out / "fixed_effects.csv", chains, fixed_names, traits, say)
+        # plots and the report are drawn by a second process, which imports matplotlib while
+        # this one reads the chains
+        plotter = JobWorker(out, warm_up=_import_plotting)
+        try:
+            summaries = []
+            for i, chain in enumerate(chains):
+                step(f"summarize: per-trait draws, chain {i + 1}")
+                summaries.append(summarize_chain(chain))
+            _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, say,
+                   step, plotter)
+            _write_fixed_effects(out / "fixed_effects.csv", chains, fixed_names, traits, say)
+            plotter.finish()
+            step("summarize: done")
+        except BaseException:
+            plotter.abandon()
+            raise
+        say(f"wrote {out}/plots/ and the report: {out / 'report.md'}")
     return final
+
+
+# the plotting process's work: report.py (with pandas and matplotlib) is imported there only
+
+def _import_plotting() -> None:
+    import scipy.cluster.hierarchy  # noqa: F401  (the heatmap's clustering)
+
+    from . import report  # noqa: F401
+
+
+def _plot_job(name: str, *args) -> None:
+    from . import plots
+
+    getattr(plots, name)(*args)
+
+
+def _report_job(*args, **kwargs) -> None:
+    from .report import write_plots_and_report
+
+    write_plots_and_report(*args, **kwargs)
+
+
+def worst_series(rhat: np.ndarray, names: list, series: np.ndarray, n: int = 6) -> dict:
+    """name -> (C, S) draws of the `n` parameters with the largest R-hat (NaN last), for the
+    trace plots."""
+    order = np.where(np.isnan(rhat), -np.inf, rhat).argsort(kind="stable")[::-1][:n]
+    return {f"{names[i]} (R-hat {_fmt_rhat(float(rhat[i]))})": series[:, :, i] for i in order}
+
+
+def _fmt_rhat(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
 def _write_fixed_effects(path: Path, chains, names, traits, echo) -> None:
@@ -205,7 +243,8 @@ def _write_fixed_effects(path: Path, chains, names, traits, echo) -> None:
     echo(f"wrote {path}: {len(names)} fixed effects x {len(traits)} traits (mean, sd, 95% HPD)")
 
 
-def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo, step):
+def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo, step,
+           plotter):
     t = len(traits)
     n_draws = sum(counts)
     stacked = {name: np.concatenate([s.stack(name) for s in summaries if s.stack(name) is not None])
@@ -219,6 +258,9 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
         for e, name in enumerate(effect_names):
             for key, value in _interval_columns(f"h2_{name}", shares[:, e]).items():
                 table[key] = value
+    (out / "plots").mkdir()
+    plotter.submit(_plot_job, "h2_plot", out / "plots" / "h2.png", table.h2_mean.to_numpy(),
+                   table.h2_low.to_numpy(), table.h2_high.to_numpy(), list(traits))
     _write_table(out / "traits.csv", table)
     h2_table = pd.DataFrame({"trait": traits, "h2_mean": table.h2_mean, "hpd_low": table.h2_low,
                              "hpd_high": table.h2_high})
@@ -244,42 +286,48 @@ def _write(config, chains, counts, summaries, traits, ids, n_train, effect_names
 
     loading = sum(s.loading_ss for s in summaries if s.loading_ss is not None) / n_draws
     cols = choose_traits(config, traits, table.h2_mean.to_numpy(), loading)
-    step(f"summarize: G and R among {cols.size} traits")
-    subset = SubsetFactors.from_blocks((d for chain in chains for d in chain_draws(chain)), cols)
-    among = subset.summary()
-    g_low, g_high, r_low, r_high = among["G_low"], among["G_high"], among["R_low"], among["R_high"]
-    bounds = {"G": (g_low, g_high), "R": (r_low, r_high)}
     dtype = np.dtype(config.summary.dtype)
     matrices = None
     if config.summary.matrices:
         step(f"summarize: G, R and G_cor over {t} traits, beside the rest")
         threads = numba.get_num_threads()
-        matrices = BackgroundMatrices.start(
+        matrices = Forked.start(
             lambda: _write_matrices(out / "matrices.h5", chains, traits, cols, n_draws, dtype,
-                                    bounds, threads), out)
+                                    threads), out)
     try:
+        step(f"summarize: G and R among {cols.size} traits")
+        subset = SubsetFactors.from_blocks((d for chain in chains for d in chain_draws(chain)),
+                                           cols)
+        among = subset.summary()
+        names_sub = [traits[j] for j in cols]
+        for name in ("G", "R"):
+            for side in ("low", "high"):
+                write_matrix_csv(out / f"{name}_hpd_{side}.csv", "trait", names_sub, names_sub,
+                                 among[f"{name}_{side}"], "%.6g")
+        plotter.submit(_plot_job, "genetic_correlation_heatmap",
+                       out / "plots" / "genetic_correlation.png", among["G"],
+                       [traits[j] for j in cols])
         _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_names, out,
-                    echo, step, cols, subset, among, shares_table, h2_table, factors)
+                    echo, step, cols, subset, among, shares_table, h2_table, factors, plotter)
     except BaseException:  # this process's own error wins; the matrices' process is stopped
         if matrices is not None:
             matrices.abandon()
         raise
-    blocks = matrices.result() if matrices is not None else {}
-    if blocks:
+    g_low, g_high, r_low, r_high = among["G_low"], among["G_high"], among["R_low"], among["R_high"]
+    if matrices is not None:
+        (out / WAITING).touch()  # the matrices may now use every core
+        matrices.result()
+        (out / WAITING).unlink()
+        _write_subset(out / "matrices.h5", traits, cols, dtype,
+                      {"G": (g_low, g_high), "R": (r_low, r_high)})
         echo(f"wrote {out / 'matrices.h5'}: G, R and G_cor over {t} traits ({dtype.name})")
-    g_mean = blocks["G"] if blocks else among["G"]
-    r_mean = blocks["R"] if blocks else among["R"]
-    fmt = "%.9g" if blocks and dtype == np.float32 else "%.10g" if blocks else "%.6g"
-    names_sub = [traits[j] for j in cols]
-    for name, values in (("G", g_mean), ("R", r_mean), ("G_hpd_low", g_low), ("G_hpd_high", g_high),
-                         ("R_hpd_low", r_low), ("R_hpd_high", r_high)):
-        write_matrix_csv(out / f"{name}.csv", "trait", names_sub, names_sub, values,
-                         fmt if name in ("G", "R") else "%.6g")
-    if blocks:
-        write_matrix_csv(out / "G_cor.csv", "trait", names_sub, names_sub, blocks["G_cor"], fmt)
+    else:  # G.csv and R.csv from the subset's own means
+        names_sub = [traits[j] for j in cols]
+        for name in ("G", "R"):
+            write_matrix_csv(out / f"{name}.csv", "trait", names_sub, names_sub, among[name],
+                             "%.6g")
     echo(f"wrote {out}/G.csv, R.csv (posterior means) and their 95% HPD bounds for "
          + _subset_note(config, cols, t))
-    step("summarize: done")
 
 
 def _subset_note(config, cols, t: int) -> str:
@@ -291,7 +339,7 @@ def _subset_note(config, cols, t: int) -> str:
 
 
 def _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_names, out, echo,
-                step, cols, subset, among, shares_table, h2_table, factors) -> None:
+                step, cols, subset, among, shares_table, h2_table, factors, plotter) -> None:
     """Convergence diagnostics, plots and the report: what needs the subset's G (its posterior
     mean in float64 from `among`, the same draws as matrices.h5) but not the full matrices."""
     t = len(traits)
@@ -313,15 +361,12 @@ def _write_rest(config, chains, counts, summaries, traits, ids, n_train, effect_
          + (f"{least.ess_bulk:.0f} ({least.param})" if least is not None else "n/a")
          + f"; wrote {out}/diagnostics.csv")
 
-    from .report import write_plots_and_report
-
     step("summarize: plots and report")
     subset_note = _subset_note(config, cols, t) if cols.size < t else ""
-    report = write_plots_and_report(config, out, names_sub, g_mean, h2_table, diag, names, series,
-                                    among["G_low"], among["G_high"], h2_by_effect=shares_table,
-                                    subset_note=subset_note, matrices=config.summary.matrices,
-                                    factors=factors)
-    echo(f"wrote {out}/plots/ and the report: {report}")
+    plotter.submit(_report_job, config, out, names_sub, g_mean, h2_table, diag,
+                   worst_series(diag.rhat.to_numpy(), names, series), among["G_low"],
+                   among["G_high"], h2_by_effect=shares_table, subset_note=subset_note,
+                   matrices=config.summary.matrices, factors=factors)
 
 
 def _write_table(path: Path, table: pd.DataFrame) -> None:
@@ -329,16 +374,39 @@ def _write_table(path: Path, table: pd.DataFrame) -> None:
     write_matrix_csv(path, "trait", table.trait.tolist(), list(table.columns[1:]), values, "%.6g")
 
 
-def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads: int) -> dict:
-    """matrices.h5: G, R and G_cor (t, t) over every trait, chunked; the subset's index and
-    HPD bounds. Returns the subset blocks of G, R, G_cor as float64. BLAS runs on `threads`
-    threads (numba's count, passed in: this may run in a forked process, see
-    BackgroundMatrices, where numba's threads are not to be touched)."""
-    from .gibbs.threads import blas_threads
+WAITING = ".waiting"  # summarize's main process has nothing left but to wait for matrices.h5
 
+
+class _CoreShare:
+    """BLAS threads of the process that computes matrices.h5: all but one of `threads` while
+    the main process works beside it, all of them once the file `waiting` exists."""
+
+    def __init__(self, threads: int, waiting: Path):
+        from threadpoolctl import threadpool_limits
+
+        self._limit, self.threads, self.waiting = threadpool_limits, threads, waiting
+        self.current = max(1, threads - 1)
+        self._limit(limits=self.current, user_api="blas")
+        self.update()
+
+    def update(self, _done=None) -> None:
+        """Called between blocks of draws."""
+        if self.current < self.threads and self.waiting.exists():
+            self.current = self.threads
+            self._limit(limits=self.threads, user_api="blas")
+
+
+def _write_matrices(path, chains, traits, cols, n_draws, dtype, threads: int) -> dict:
+    """matrices.h5: G, R and G_cor (t, t) over every trait, chunked (_write_subset adds the
+    subset's index and HPD bounds); their blocks among the subset `cols` as G.csv, R.csv and
+    G_cor.csv beside it. Returns an empty dict (background.Forked's result). BLAS runs on `threads`
+    threads (numba's count, passed in: this may run in a forked process, see
+    background.Forked, where numba's threads are not to be touched): one fewer while the
+    process that forked this one works, all of them once it waits (it creates WAITING)."""
+    cores = _CoreShare(threads, Path(path).parent / WAITING)
     t = len(traits)
     chunk = (min(t, 512), min(t, 512))
-    blocks = {}
+    names_sub = [traits[j] for j in cols]
     with h5py.File(path, "w") as h5:
         h5.attrs.update({"format_version": FORMAT_VERSION, "package_version": __version__,
                          "n_draws": n_draws, "units": "the traits' original units"})
@@ -346,16 +414,25 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads:
         for which, meaning in (("G", "posterior mean genetic covariance"),
                                ("R", "posterior mean residual covariance"),
                                ("G_cor", "posterior mean genetic correlation")):
-            with blas_threads(threads):
-                matrix, rows = posterior_mean_matrix(
-                    (d for chain in chains for d in chain_draws(chain)), which, t, n_draws, dtype)
+            matrix, rows = posterior_mean_matrix(
+                (d for chain in chains for d in chain_draws(chain)), which, t, n_draws, dtype,
+                progress=cores.update)
             dset = h5.create_dataset(which, shape=(t, t), dtype=dtype, chunks=chunk)
             for start in range(0, t, chunk[0]):
                 dset[start:start + chunk[0]] = matrix[start:start + chunk[0]]
             dset.attrs["meaning"] = meaning
             dset.attrs["factor_rows"] = rows
-            blocks[which] = np.asarray(matrix[np.ix_(cols, cols)], dtype=np.float64)
+            write_matrix_csv(Path(path).parent / f"{which}.csv", "trait", names_sub, names_sub,
+                             matrix[np.ix_(cols, cols)].astype(np.float64),
+                             "%.9g" if dtype == np.float32 else "%.10g")
             del matrix
+    return {}
+
+
+def _write_subset(path, traits, cols, dtype, bounds: dict) -> None:
+    """matrices.h5's subset group: the chosen traits' indices and names, and the HPD bounds
+    of G and R among them (bounds: name -> (low, high))."""
+    with h5py.File(path, "r+") as h5:
         sub = h5.create_group("subset")
         sub.create_dataset("index", data=cols)
         sub.create_dataset("traits", data=np.array([traits[j] for j in cols], dtype=object),
@@ -363,98 +440,6 @@ def _write_matrices(path, chains, traits, cols, n_draws, dtype, bounds, threads:
         for name, (low, high) in bounds.items():
             sub.create_dataset(f"{name}_hpd_low", data=low.astype(dtype))
             sub.create_dataset(f"{name}_hpd_high", data=high.astype(dtype))
-    return blocks
-
-
-class BackgroundMatrices:
-    """matrices.h5 computed in a forked process while this one writes the diagnostics, plots
-    and report: the products run beside work that mostly uses one core. Where fork is not the
-    platform's usual way (not Linux) the work runs at start() instead.
-
-    The child only reads the chain files and writes matrices.h5 and a .npz of the subset's
-    blocks (removed when read) into the output directory; it never returns into the caller.
-    It dies with this process (PR_SET_PDEATHSIG). An exception in the child is raised here as
-    itself (a UserError stays a one-line error, a full disk an OSError, Ctrl-C an interrupt),
-    pickled through the output directory.
-    """
-
-    def __init__(self, pid, out: Path, blocks):
-        self.pid, self.out, self.blocks = pid, out, blocks
-
-    @classmethod
-    def start(cls, work, out: Path) -> "BackgroundMatrices":
-        """work: callable returning the subset blocks (a dict of arrays)."""
-        if not sys.platform.startswith("linux"):
-            return cls(None, out, work())
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                _die_with_parent()
-                np.savez(out / ".matrices.npz", **work())
-                code = 0
-            except BaseException as exc:
-                _save_exception(out / ".matrices.error", exc)
-            finally:
-                os._exit(code)
-        return cls(pid, out, None)
-
-    def result(self) -> dict:
-        """Wait for the child; its blocks, or its exception."""
-        if self.pid is None:
-            return self.blocks
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except BaseException:  # interrupted while waiting
-            self.abandon()
-            raise
-        self.pid = None
-        blocks_path, error = self.out / ".matrices.npz", self.out / ".matrices.error"
-        if os.waitstatus_to_exitcode(status) != 0 or not blocks_path.exists():
-            if error.exists():
-                raise _load_exception(error)
-            raise RuntimeError(f"computing matrices.h5 failed (wait status {status})")
-        with np.load(blocks_path) as saved:
-            self.blocks = {name: saved[name] for name in saved.files}
-        blocks_path.unlink()
-        return self.blocks
-
-    def abandon(self) -> None:
-        """Stop the child (this process failed on its own): kill it and reap it."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        self.pid = None
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (a killed summarize leaves no child
-    writing into its temporary directory)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before the call
-        os._exit(1)
-
-
-def _save_exception(path: Path, exc: BaseException) -> None:
-    """The exception, pickled; when it cannot be, a RuntimeError with its traceback."""
-    text = "".join(traceback.format_exception(exc))
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-    except Exception:
-        data = pickle.dumps(RuntimeError(f"computing matrices.h5 failed:\n{text}"))
-    path.write_bytes(data)
-
-
-def _load_exception(path: Path) -> BaseException:
-    return pickle.loads(path.read_bytes())
 
 
 def _monitored(chains, summaries, traits, ids, n_train, effect_names, cols, g_mean, subset,

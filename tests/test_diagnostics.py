@@ -274,18 +274,19 @@ def test_subset_csvs_equal_the_hdf5_blocks(tmp_path):
     assert "3 of 6 traits" in (summary / "report.md").read_text()
 
 
-def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
-    """summarize computes matrices.h5 in a forked process: its blocks come back whole; its
-    exception is raised here as itself (a user's error stays a one-line error, a full disk an
-    OSError); when this process fails first, the child is stopped and reaped."""
+def test_forked_work_returns_its_arrays_or_the_childs_error(tmp_path):
+    """summarize computes matrices.h5 in a forked process (background.Forked): a dict of
+    arrays comes back whole; its exception is raised here as itself (a user's error stays a
+    one-line error, a full disk an OSError); when this process fails first, the child is
+    stopped and reaped."""
     import errno
     import os
 
     from megalmm_cli.errors import UserError
-    from megalmm_cli.summarize import BackgroundMatrices
+    from megalmm_cli.background import Forked
 
     blocks = {"G": np.arange(6.0).reshape(2, 3), "R": np.eye(2)}
-    job = BackgroundMatrices.start(lambda: blocks, tmp_path)
+    job = Forked.start(lambda: blocks, tmp_path)
     got = job.result()
     assert set(got) == {"G", "R"} and all(np.array_equal(got[k], blocks[k]) for k in blocks)
     assert list(tmp_path.iterdir()) == []
@@ -297,7 +298,7 @@ def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
 
     for exc in (UserError("chain_1.h5: cannot open the chain file"),
                 OSError(errno.ENOSPC, "No space left on device")):
-        job = BackgroundMatrices.start(fails(exc), tmp_path)
+        job = Forked.start(fails(exc), tmp_path)
         with pytest.raises(type(exc)) as raised:
             job.result()
         assert str(raised.value) == str(exc)
@@ -307,9 +308,58 @@ def test_background_matrices_return_the_blocks_or_the_childs_error(tmp_path):
 
         signal.pause()  # until killed
 
-    job = BackgroundMatrices.start(never_done, tmp_path)
+    job = Forked.start(never_done, tmp_path)
     pid = job.pid
     job.abandon()
     assert job.pid is None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+
+
+def _append_line(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+def _fail(exc):
+    raise exc
+
+
+def test_job_worker_runs_jobs_in_order_and_raises_the_first_error(tmp_path):
+    """summarize draws plots and the report in a forked JobWorker: jobs run in the order
+    submitted, with their arguments (pickled through files that are then removed); a job's
+    exception ends the worker and is raised by finish(); abandon() kills and reaps it."""
+    import errno
+    import os
+
+    from megalmm_cli.background import JobWorker
+    from megalmm_cli.errors import UserError
+
+    log = tmp_path / "log.txt"
+    work = tmp_path / "work"
+    work.mkdir()
+    worker = JobWorker(work, warm_up=lambda: _append_line(log, "warm"))
+    for i in range(5):
+        worker.submit(_append_line, log, f"job {i}")
+    worker.finish()
+    assert log.read_text().split("\n")[:-1] == ["warm"] + [f"job {i}" for i in range(5)]
+    assert list(work.iterdir()) == []
+
+    for exc in (UserError("plots: cannot write h2.png"),
+                OSError(errno.ENOSPC, "No space left on device")):
+        worker = JobWorker(work)
+        with pytest.raises(type(exc)) as raised:  # from submit() if the worker has ended
+            worker.submit(_fail, exc)
+            worker.submit(_append_line, log, "never")
+            worker.finish()
+        assert str(raised.value) == str(exc)
+        (work / ".worker.error").unlink()
+    assert "never" not in log.read_text()
+
+    worker = JobWorker(work)
+    worker.submit(__import__("signal").pause)  # until killed
+    pid = worker.pid
+    worker.abandon()
+    assert worker.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
