@@ -1,5 +1,10 @@
 """One Gibbs iteration (DESIGN.md section 3) and the burn-in factor reordering."""
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numba
 import numpy as np
 
 from .gibbs.blas import difference_product, matmul, residual
@@ -9,7 +14,7 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
                             sample_pair_rotations, sample_rotated_scores, sample_translation)
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
-from .gibbs.threads import threads_for
+from .gibbs.threads import PARALLEL_MIN_WORK, threads_for
 from .gibbs.small_groups import RandomNumbers, sample_small_groups, score_terms
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
@@ -52,14 +57,23 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
     small = model.small_groups
     members = set() if small is None else set(small.members.tolist())
     draws = RandomNumbers.empty()
+    group_draws = {}
+    for gi, g in enumerate(model.groups):  # every group's random numbers, in the chain's order
+        if gi in members:
+            _draw_small_group(model, state, g, draws)
+        else:
+            group_draws[gi] = _group_draws(model, state, g)
     largest = max(g.rows.size * g.cols.size for g in model.groups)
-    with threads_for(largest):  # all groups small: one switch to a single thread for all
-        for gi, g in enumerate(model.groups):
-            if gi in members:  # its random numbers now, in the chain's order; its update below
-                _draw_small_group(model, state, g, draws)
-                continue
-            with threads_for(g.rows.size * g.cols.size):
-                _sample_group(model, state, gi, g, f_rots[gi])
+    if concurrent_groups(model, list(group_draws)):
+        update = partial(_sample_group_alone, model, state)
+        list(_group_pool().map(update, group_draws, [f_rots[gi] for gi in group_draws],
+                               group_draws.values()))
+    else:
+        with threads_for(largest):  # all groups small: one switch to a single thread for all
+            for gi, numbers in group_draws.items():
+                g = model.groups[gi]
+                with threads_for(g.rows.size * g.cols.size):
+                    _sample_group(model, state, gi, g, f_rots[gi], numbers)
     if small is not None:
         p = model.priors
         work = sum(model.groups[gi].rows.size * model.groups[gi].cols.size for gi in members)
@@ -75,25 +89,82 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
 
 def _draw_small_group(model: Model, state: State, g, draws: RandomNumbers) -> None:
     """The random numbers of _sample_group for a group of the one-kernel path, in its order."""
+    numbers = _group_draws(model, state, g)  # one random effect: no slice noise
+    draws.std_gamma.append(numbers.std_gamma)
+    draws.coef_noise.append(numbers.coef_noise)
+    draws.uniforms.append(numbers.uniforms)
+    draws.effect_noise.append(numbers.effect_noise)
+
+
+@dataclass
+class GroupDraws:
+    """The random numbers of one group's steps 2-4, in the order the chain draws them:
+    std_gamma, uniforms (t_g,); coef_noise (t_g, b_g); slice_noise (effects, r, t_g), several
+    random effects only; effect_noise (n_g, t_g)."""
+
+    std_gamma: np.ndarray
+    coef_noise: np.ndarray
+    uniforms: np.ndarray
+    slice_noise: np.ndarray | None
+    effect_noise: np.ndarray
+
+
+def _group_draws(model: Model, state: State, g) -> GroupDraws:
     p = model.priors
     rng = state.rng
     n_g, t_g = g.rows.size, g.cols.size
-    b1g = int(g.x1_keep.sum())
-    draws.std_gamma.append(rng.standard_gamma(
-        gamma_shape(p.tot_eta_shape, n_g, b1g if p.b1_prec == 0 else 0, b1g + model.k), size=t_g))
-    draws.coef_noise.append(normals(rng, (t_g, b1g + model.k)))
-    draws.uniforms.append(rng.random(t_g))
-    draws.effect_noise.append(normals(rng, (n_g, t_g)))
+    b1g = g.x1_rot.shape[1]
+    shape = gamma_shape(p.tot_eta_shape, n_g, b1g if p.b1_prec == 0 else 0, b1g + model.k)
+    std_gamma = rng.standard_gamma(shape, size=t_g)
+    coef_noise = normals(rng, (t_g, b1g + model.k))
+    uniforms = rng.random(t_g)
+    slice_noise = (None if g.cache is None else
+                   normals(rng, (model.n_effects, g.cache.roots.shape[2], t_g)))
+    return GroupDraws(std_gamma, coef_noise, uniforms, slice_noise, normals(rng, (n_g, t_g)))
 
 
-def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
-    """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F.
+def concurrent_groups(model: Model, groups: list) -> bool:
+    """Whether the groups' steps 2-4 run side by side, one group per thread (each kernel and
+    product of a group then on one thread): with two or more groups, none more than half of
+    their work, and a numba threading layer that takes parallel kernels from several threads
+    at once (OpenMP or TBB; not the workqueue layer), when their work is worth the hand-over
+    to other threads. The results are the same either way."""
+    if len(groups) < 2 or numba.get_num_threads() < 2:
+        return False
+    work = [model.groups[gi].rows.size * model.groups[gi].cols.size for gi in groups]
+    if max(work) * 2 > sum(work) or sum(work) < PARALLEL_MIN_WORK:
+        return False
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel kernel has run yet
+        return False
+
+
+_pool = None
+
+
+def _group_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=numba.get_num_threads(),
+                                   thread_name_prefix="megalmm-group")
+    return _pool
+
+
+def _sample_group_alone(model: Model, state: State, gi: int, f_rot, numbers: GroupDraws) -> None:
+    """_sample_group on this thread only (one of the group pool's threads)."""
+    numba.set_num_threads(1)  # numba's thread count is per thread
+    _sample_group(model, state, gi, model.groups[gi], f_rot, numbers)
+
+
+def _sample_group(model: Model, state: State, gi: int, g, f_rot, numbers: GroupDraws) -> None:
+    """Steps 2-4 for one missing-data group; f_rot: (n_g, k) its rotated F; numbers: its
+    random numbers (_group_draws). Writes only the group's own traits and U_R_rot[gi].
 
     One random effect: diagonal weights in the group's eigenbasis. Several: whitening through
     the slice transforms of the group's Grid-LMM cache (g.cache).
     """
     p = model.priors
-    rng = state.rng
     cols, cache = g.col_index, g.cache
     x_rot = np.hstack([g.x1_rot, f_rot])
     b1g = g.x1_rot.shape[1]
@@ -101,20 +172,19 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     index = state.resid_h2_index[cols]
     prior_prec = _rows_per_column(np.full((b1g, t_g), p.b1_prec), state.lambda_prec[:, cols])
     coefs_t = _rows_per_column(state.B1[g.x1_keep][:, cols], state.Lambda[:, cols])
-    shape = gamma_shape(p.tot_eta_shape, n_g, b1g if p.b1_prec == 0 else 0, coefs_t.shape[1])
-    std_gamma = rng.standard_gamma(shape, size=t_g)
+    std_gamma = numbers.std_gamma
     rate0 = np.full(t_g, p.tot_eta_rate)
     if cache is None:
         gram, grid_of_col, xty, yty = grouped_normal_equations(x_rot, state.Y_rot[gi], g.weights, index)
         tau = sample_coefficients(gram, grid_of_col, xty, yty, prior_prec, rate0, std_gamma,
-                                  normals(rng, coefs_t.shape), coefs_t)
+                                  numbers.coef_noise, coefs_t)
     else:
         # T_s y* kept from the last iteration where the data did not change (gridcache.py),
         # and T_s X* computed once for steps 2 and 3
         white_y = None if g.whitened is None else g.whitened.update(state.Y_rot[gi])
         white_x = None if white_y is None else SliceProducts(cache, x_rot)
         tau = draw_by_slice(cache, x_rot, state.Y_rot[gi], index, prior_prec, rate0, std_gamma,
-                            normals(rng, coefs_t.shape), coefs_t, white_y, white_x)
+                            numbers.coef_noise, coefs_t, white_y, white_x)
     coefs = coefs_t.T
     state.tot_eta_prec[cols] = tau
     b1_block = np.zeros((state.B1.shape[0], t_g))
@@ -125,17 +195,17 @@ def _sample_group(model: Model, state: State, gi: int, g, f_rot) -> None:
     resid_rot = residual(state.Y_rot[gi], x_rot, coefs)  # coefs: Fortran-ordered, as BLAS takes it
     if cache is None:
         index = sample_h2_index(resid_rot, g.weights, tau, model.resid_log_prior,
-                                rng.random(t_g), g.half_logdet)
+                                numbers.uniforms, g.half_logdet)
         state.U_R_rot[gi] = sample_random_effects(
-            resid_rot, g.rot.values, model.grid[index, 0], tau, normals(rng, (n_g, t_g)))
+            resid_rot, g.rot.values, model.grid[index, 0], tau, numbers.effect_noise)
     else:
         white = None if white_y is None else (  # T_s (y* - X b) = T_s y* - (T_s X) b
             lambda s: white_y[s] - matmul(white_x(s), coefs))
         loglik = general_loglik(resid_rot, cache, tau, model.resid_log_prior, white)
-        index = draw_grid_index(loglik, rng.random(t_g))
+        index = draw_grid_index(loglik, numbers.uniforms)
         state.U_R_rot[gi] = sample_random_effects_general(
-            resid_rot, model.grid[index], tau, index, cache,
-            normals(rng, (model.n_effects, cache.roots.shape[2], t_g)), normals(rng, (n_g, t_g)))
+            resid_rot, model.grid[index], tau, index, cache, numbers.slice_noise,
+            numbers.effect_noise)
     state.resid_h2_index[cols] = index
 
 

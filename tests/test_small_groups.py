@@ -134,3 +134,58 @@ def test_chain_does_not_depend_on_the_thread_count(model, monkeypatch):
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
     for a, b in zip(one.U_R_rot, two.U_R_rot):
         np.testing.assert_array_equal(a, b)
+
+
+def _four_group_model(two_effects: bool):
+    """60 x 12: each block of 3 traits unmeasured on its own 15 lines (four groups), none on
+    the one-kernel path; two effects (id + Block) take the general path of steps 2-4."""
+    from megalmm_cli.model import build_model
+
+    from .conftest import DEFAULT_PRIORS
+    from .test_random_effects import block_kinship_from_labels
+
+    sim = simulate_data(60, 12, 2, missing=0.0, seed=21, n_markers=200, n_blocks=5)
+    values = sim.Y.copy()
+    for block in range(4):
+        values[15 * block:15 * (block + 1), 3 * block:3 * (block + 1)] = np.nan
+    kinships = [sim.kinship, block_kinship_from_labels(sim.blocks)] if two_effects else sim.kinship
+    model = build_model(sim.ids, sim.traits, values, kinships, sim.X1, ["Intercept", "pop", "x"],
+                        np.zeros((sim.n, 0)), 3, 5, DEFAULT_PRIORS, max_groups=4,
+                        effect_names=("id", "Block") if two_effects else ("id",))
+    model.__dict__["small_groups"] = None
+    return model
+
+
+@pytest.mark.parametrize("two_effects", [False, True])
+def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeypatch):
+    """sampler.concurrent_groups: the groups' steps 2-4 on the group pool's threads, one
+    group per thread, give the same bits as one group after another (each group's random
+    numbers are drawn first, in the chain's order)."""
+    from .conftest import numba_threads
+
+    model = _four_group_model(two_effects)
+    assert len(model.groups) >= 3 and model.small_groups is None
+    assert (model.groups[0].cache is not None) == two_effects
+    monkeypatch.setattr(sampler, "PARALLEL_MIN_WORK", 0)  # these groups are small: allow it
+    calls = []
+    alone = sampler._sample_group_alone
+    monkeypatch.setattr(sampler, "_sample_group_alone",
+                        lambda *args: calls.append(args[2]) or alone(*args))
+
+    def run(side_by_side):
+        if not side_by_side:
+            monkeypatch.setattr(sampler, "concurrent_groups", lambda model, groups: False)
+        state = initial_state(model, np.random.default_rng(3), np.random.default_rng(4))
+        with numba_threads(2):
+            for _ in range(4):
+                sampler.gibbs_iteration(model, state)
+        return state
+
+    concurrent = run(True)
+    assert len(calls) >= 3 * len(model.groups)  # the pool ran the groups (after iteration 1)
+    sequential = run(False)
+    for name in ("Lambda", "B1", "tot_eta_prec", "resid_h2_index", "F", "delta"):
+        np.testing.assert_array_equal(getattr(concurrent, name), getattr(sequential, name),
+                                      err_msg=name)
+    for a, b in zip(concurrent.U_R_rot, sequential.U_R_rot):
+        np.testing.assert_array_equal(a, b)
