@@ -11,6 +11,7 @@ import numpy as np
 
 from .gibbs.blas import matmul
 from .gibbs.small_groups import project_small_groups
+from .gibbs.threads import each_on_own_thread, side_by_side
 from .gibbs.variance import sample_random_effects_general
 from .model import Model, Projection
 from .state import State
@@ -58,21 +59,29 @@ def param_shape(model: Model, name: str) -> tuple:
     return shapes[name]
 
 
-def _project(rotation, u_rot, projection: Projection, n_all, rows, sd, rng, dtype=np.float64):
+def _other_rows_noise(projection: Projection, c: int, rng) -> np.ndarray | None:
+    """The standard normals _project needs for c columns (None without other rows)."""
+    if not projection.other_rows.size:
+        return None
+    return rng.standard_normal((projection.chol.shape[1], c))
+
+
+def _project(rotation, u_rot, projection: Projection, n_all, rows, sd, noise, dtype=np.float64):
     """Random effects on all individuals from rotated ones on `rows`.
 
     rotation: the Rotation of `rows`; u_rot: (n_g, c) in it; sd: (c,) prior sd scale
-    sqrt(h2 / tot_prec). Returns (N, c) in `dtype`: rows from Q u*, others drawn from their
-    conditional given them. float32 halves the cost of Q u* (n_g^2 c, the largest product of
-    a stored draw); the random numbers drawn are the same in either precision.
+    sqrt(h2 / tot_prec); noise: _other_rows_noise's normals. Returns (N, c) in `dtype`: rows
+    from Q u*, others drawn from their conditional given them. float32 halves the cost of Q u*
+    (n_g^2 c, the largest product of a stored draw); the random numbers are the same in
+    either precision.
     """
     out = np.empty((n_all, u_rot.shape[1]), dtype=dtype)
     vectors = rotation.vectors32 if dtype == np.float32 else rotation.vectors
     # reading the vectors dominates when u_rot has few columns: two threads read halves
     out[rows] = matmul(vectors, u_rot.astype(dtype, copy=False), split_min=1e6)
-    if projection.other_rows.size:
-        noise = projection.chol @ rng.standard_normal((projection.chol.shape[1], u_rot.shape[1]))
-        out[projection.other_rows] = projection.mean_map @ u_rot + noise * sd[None, :]
+    if noise is not None:
+        out[projection.other_rows] = (projection.mean_map @ u_rot
+                                      + (projection.chol @ noise) * sd[None, :])
     return out
 
 
@@ -86,26 +95,39 @@ def random_effects(model: Model, state: State, dtype=np.float64) -> tuple[np.nda
     rng = state.pred_rng
     f_h2 = model.grid[state.f_h2_index, 0]
     u_f = _project(model.factor_rot, state.U_F_rot, model.factor_projection, N,
-                   np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec), rng)
+                   np.arange(model.n), np.sqrt(f_h2 / state.tot_f_prec),
+                   _other_rows_noise(model.factor_projection, model.k, rng))
     resid_h2 = model.grid[state.resid_h2_index, 0]
     if len(model.groups) == 1 and model.groups[0].col_index == slice(0, model.t):
         g = model.groups[0]  # every trait in one group: no copy into a larger array
         sd = np.sqrt(resid_h2 / state.tot_eta_prec)
-        return u_f, _project(g.rot, state.U_R_rot[0], g.projection, N, g.rows, sd, rng, dtype)
+        return u_f, _project(g.rot, state.U_R_rot[0], g.projection, N, g.rows, sd,
+                             _other_rows_noise(g.projection, model.t, rng), dtype)
     u_r = np.empty((N, model.t), dtype=dtype)
     small = model.small_groups
     packed = set() if small is None or small.projections is None else set(small.members.tolist())
-    sds, noise = [], []
-    for gi, g in enumerate(model.groups):
-        sd = np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols])
-        if gi in packed:  # its normals now, in the groups' order; its products below
-            sds.append(sd)
-            noise.append(rng.standard_normal((g.projection.chol.shape[1], g.cols.size))
-                         if g.projection.other_rows.size else np.zeros(0))
-            continue
-        u_r[:, g.cols] = _project(g.rot, state.U_R_rot[gi], g.projection, N, g.rows, sd, rng, dtype)
+    sds, noise = [], []  # every group's normals first, in the groups' order
+    for g in model.groups:
+        sds.append(np.sqrt(resid_h2[g.cols] / state.tot_eta_prec[g.cols]))
+        noise.append(_other_rows_noise(g.projection, g.cols.size, rng))
+    alone = [gi for gi in range(len(model.groups)) if gi not in packed]
+
+    def project(gi):
+        g = model.groups[gi]
+        u_r[:, g.cols] = _project(g.rot, state.U_R_rot[gi], g.projection, N, g.rows, sds[gi],
+                                  noise[gi], dtype)
+
+    if side_by_side([model.groups[gi].rows.size ** 2 * model.groups[gi].cols.size for gi in alone]):
+        each_on_own_thread(project, alone)
+    else:
+        for gi in alone:
+            project(gi)
     if packed:
-        project_small_groups(small, [state.U_R_rot[gi] for gi in small.members], sds, noise, u_r)
+        members = small.members.tolist()
+        project_small_groups(small, [state.U_R_rot[gi] for gi in members],
+                             [sds[gi] for gi in members],
+                             [np.zeros(0) if noise[gi] is None else noise[gi] for gi in members],
+                             u_r)
     return u_f, u_r
 
 

@@ -1,10 +1,8 @@
 """One Gibbs iteration (DESIGN.md section 3) and the burn-in factor reordering."""
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-import numba
 import numpy as np
 
 from .gibbs.blas import difference_product, matmul, residual
@@ -14,7 +12,7 @@ from .gibbs.factors import (factor_pairs, rotate_pairs, sample_factor_scores,
                             sample_pair_rotations, sample_rotated_scores, sample_translation)
 from .gibbs.missing import impute_cells
 from .gibbs.random import normals
-from .gibbs.threads import PARALLEL_MIN_WORK, threads_for
+from .gibbs.threads import each_on_own_thread, side_by_side, threads_for
 from .gibbs.small_groups import RandomNumbers, sample_small_groups, score_terms
 from .gibbs.shrinkage import (loading_precision, sample_ard, sample_horseshoe_columns,
                               sample_horseshoe_lambda)
@@ -65,9 +63,9 @@ def sample_trait_side(model: Model, state: State, f_rot_all=None) -> None:
             group_draws[gi] = _group_draws(model, state, g)
     largest = max(g.rows.size * g.cols.size for g in model.groups)
     if concurrent_groups(model, list(group_draws)):
-        update = partial(_sample_group_alone, model, state)
-        list(_group_pool().map(update, group_draws, [f_rots[gi] for gi in group_draws],
-                               group_draws.values()))
+        each_on_own_thread(partial(_sample_group, model, state), list(group_draws),
+                           [model.groups[gi] for gi in group_draws],
+                           [f_rots[gi] for gi in group_draws], list(group_draws.values()))
     else:
         with threads_for(largest):  # all groups small: one switch to a single thread for all
             for gi, numbers in group_draws.items():
@@ -124,37 +122,10 @@ def _group_draws(model: Model, state: State, g) -> GroupDraws:
 
 
 def concurrent_groups(model: Model, groups: list) -> bool:
-    """Whether the groups' steps 2-4 run side by side, one group per thread (each kernel and
-    product of a group then on one thread): with two or more groups, none more than half of
-    their work, and a numba threading layer that takes parallel kernels from several threads
-    at once (OpenMP or TBB; not the workqueue layer), when their work is worth the hand-over
-    to other threads. The results are the same either way."""
-    if len(groups) < 2 or numba.get_num_threads() < 2:
-        return False
-    work = [model.groups[gi].rows.size * model.groups[gi].cols.size for gi in groups]
-    if max(work) * 2 > sum(work) or sum(work) < PARALLEL_MIN_WORK:
-        return False
-    try:
-        return numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no parallel kernel has run yet
-        return False
-
-
-_pool = None
-
-
-def _group_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=numba.get_num_threads(),
-                                   thread_name_prefix="megalmm-group")
-    return _pool
-
-
-def _sample_group_alone(model: Model, state: State, gi: int, f_rot, numbers: GroupDraws) -> None:
-    """_sample_group on this thread only (one of the group pool's threads)."""
-    numba.set_num_threads(1)  # numba's thread count is per thread
-    _sample_group(model, state, gi, model.groups[gi], f_rot, numbers)
+    """Whether these groups' steps 2-4 run side by side (threads.side_by_side on their
+    sizes); the results are the same either way."""
+    return side_by_side([model.groups[gi].rows.size * model.groups[gi].cols.size
+                         for gi in groups])
 
 
 def _sample_group(model: Model, state: State, gi: int, g, f_rot, numbers: GroupDraws) -> None:

@@ -166,11 +166,13 @@ def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeyp
     model = _four_group_model(two_effects)
     assert len(model.groups) >= 3 and model.small_groups is None
     assert (model.groups[0].cache is not None) == two_effects
-    monkeypatch.setattr(sampler, "PARALLEL_MIN_WORK", 0)  # these groups are small: allow it
+    from megalmm_cli.gibbs import threads
+
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)  # these groups are small: allow it
     calls = []
-    alone = sampler._sample_group_alone
-    monkeypatch.setattr(sampler, "_sample_group_alone",
-                        lambda *args: calls.append(args[2]) or alone(*args))
+    pool = sampler.each_on_own_thread
+    monkeypatch.setattr(sampler, "each_on_own_thread",
+                        lambda fn, *args: calls.append(len(args[0])) or pool(fn, *args))
 
     def run(side_by_side):
         if not side_by_side:
@@ -182,10 +184,38 @@ def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeyp
         return state
 
     concurrent = run(True)
-    assert len(calls) >= 3 * len(model.groups)  # the pool ran the groups (after iteration 1)
+    assert calls and set(calls) == {len(model.groups)}  # the pool ran every group
     sequential = run(False)
     for name in ("Lambda", "B1", "tot_eta_prec", "resid_h2_index", "F", "delta"):
         np.testing.assert_array_equal(getattr(concurrent, name), getattr(sequential, name),
                                       err_msg=name)
     for a, b in zip(concurrent.U_R_rot, sequential.U_R_rot):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_projections_side_by_side_equal_one_after_another(monkeypatch):
+    """posterior.random_effects projects each group's U_R to every individual on the group
+    pool's threads (its normals drawn first, in the groups' order): the same bits as one
+    group after another."""
+    from megalmm_cli import posterior
+    from megalmm_cli.gibbs import threads
+
+    from .conftest import numba_threads
+
+    model = _four_group_model(two_effects=False)
+    assert all(g.projection.other_rows.size for g in model.groups)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    state = initial_state(model, np.random.default_rng(5), np.random.default_rng(6))
+    with numba_threads(2):
+        for _ in range(3):
+            sampler.gibbs_iteration(model, state)
+        calls = []
+        pool = posterior.each_on_own_thread
+        monkeypatch.setattr(posterior, "each_on_own_thread",
+                            lambda fn, items: calls.append(len(items)) or pool(fn, items))
+        together = posterior.random_effects(model, copy.deepcopy(state))
+        assert calls == [len(model.groups)]
+        monkeypatch.setattr(posterior, "side_by_side", lambda work: False)
+        apart = posterior.random_effects(model, copy.deepcopy(state))
+    for a, b in zip(together, apart):
         np.testing.assert_array_equal(a, b)
