@@ -269,21 +269,17 @@ def sample_scores(model: Model, state: State) -> None:
                             state.Lambda, resid_prec, rhs)
         for position, gi in enumerate(small.members):
             precisions[gi] = fused[position]
-    for gi, g in enumerate(model.groups):
-        if precisions[gi] is not None:
-            continue
-        cols = g.col_index
-        scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
-        contrib = matmul(state.Y[gi], scaled.T)
-        contrib -= model.x1[g.rows] @ (state.B1[:, cols] @ scaled.T)
-        if g.rot is model.factor_rot:
-            in_factor_basis -= matmul(state.U_R_rot[gi], scaled.T)
-        elif g.cols.size < model.k:  # rotate the group's U_R back first: n_g^2 t_g < n_g^2 k
-            contrib -= matmul(matmul(g.rot.vectors, state.U_R_rot[gi], split_min=1e6), scaled.T)
-        else:
-            contrib -= matmul(g.rot.vectors, matmul(state.U_R_rot[gi], scaled.T))
-        rhs[g.rows] += contrib
-        precisions[gi] = matmul(scaled, state.Lambda[:, cols].T)
+    todo = [gi for gi in range(len(model.groups)) if precisions[gi] is None]
+    terms = partial(_score_terms, model, state, resid_prec)
+    if side_by_side([model.groups[gi].rows.size ** 2 * model.k for gi in todo]):
+        parts = each_on_own_thread(terms, todo)
+    else:
+        parts = [terms(gi) for gi in todo]
+    for gi, (contrib, in_basis, precision) in zip(todo, parts):  # summed in the groups' order
+        if in_basis is not None:
+            in_factor_basis -= in_basis
+        rhs[model.groups[gi].rows] += contrib
+        precisions[gi] = precision
     common = common_fixed_columns(model)
     k = model.k
     turn = model.factor_cache is None and k > 1  # the rotation move (one random effect)
@@ -300,6 +296,25 @@ def sample_scores(model: Model, state: State) -> None:
                                np.broadcast_to(f_e_prec, state.F.shape))
     if turn:
         rotate_factor_pairs_given_effects(model, state, f_e_prec, rotated[:, k:])
+
+
+def _score_terms(model: Model, state: State, resid_prec, gi: int) -> tuple:
+    """Group gi's terms of step 6: its part of rhs on its rows (n_g, k), its part held in the
+    factor rotation (n, k; None unless the group is in that rotation) and Lambda_g Psi_g
+    Lambda_g' (k, k)."""
+    g = model.groups[gi]
+    cols = g.col_index
+    scaled = state.Lambda[:, cols] * resid_prec[None, cols]  # (k, t_g)
+    contrib = matmul(state.Y[gi], scaled.T)
+    contrib -= model.x1[g.rows] @ (state.B1[:, cols] @ scaled.T)
+    in_basis = None
+    if g.rot is model.factor_rot:
+        in_basis = matmul(state.U_R_rot[gi], scaled.T)
+    elif g.cols.size < model.k:  # rotate the group's U_R back first: n_g^2 t_g < n_g^2 k
+        contrib -= matmul(matmul(g.rot.vectors, state.U_R_rot[gi], split_min=1e6), scaled.T)
+    else:
+        contrib -= matmul(g.rot.vectors, matmul(state.U_R_rot[gi], scaled.T))
+    return contrib, in_basis, matmul(scaled, state.Lambda[:, cols].T)
 
 
 def rotate_factor_pairs_given_effects(model: Model, state: State, f_e_prec, u_f) -> None:

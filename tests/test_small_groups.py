@@ -158,9 +158,10 @@ def _four_group_model(two_effects: bool):
 
 @pytest.mark.parametrize("two_effects", [False, True])
 def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeypatch):
-    """sampler.concurrent_groups: the groups' steps 2-4 on the group pool's threads, one
-    group per thread, give the same bits as one group after another (each group's random
-    numbers are drawn first, in the chain's order)."""
+    """threads.side_by_side in the sampler: the groups' steps 2-4 and their terms of step 6
+    on the group pool's threads, one group per thread, give the same bits as one group after
+    another (each group's random numbers are drawn first, in the chain's order; step 6's
+    terms are summed in the groups' order)."""
     from .conftest import numba_threads
 
     model = _four_group_model(two_effects)
@@ -176,7 +177,7 @@ def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeyp
 
     def run(side_by_side):
         if not side_by_side:
-            monkeypatch.setattr(sampler, "concurrent_groups", lambda model, groups: False)
+            monkeypatch.setattr(sampler, "side_by_side", lambda work: False)
         state = initial_state(model, np.random.default_rng(3), np.random.default_rng(4))
         with numba_threads(2):
             for _ in range(4):
@@ -184,7 +185,8 @@ def test_groups_side_by_side_equal_groups_one_after_another(two_effects, monkeyp
         return state
 
     concurrent = run(True)
-    assert calls and set(calls) == {len(model.groups)}  # the pool ran every group
+    assert calls and set(calls) == {len(model.groups)}  # the pool ran every group, in both steps
+    assert len(calls) >= 2 * 3
     sequential = run(False)
     for name in ("Lambda", "B1", "tot_eta_prec", "resid_h2_index", "F", "delta"):
         np.testing.assert_array_equal(getattr(concurrent, name), getattr(sequential, name),
