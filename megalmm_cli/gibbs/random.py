@@ -5,6 +5,8 @@ from 8 child Generators (SeedSequence(seed).spawn(8)) in a numba prange, so the 
 not depend on the number of threads and a resumed chain repeats it exactly.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -18,9 +20,15 @@ def _children(rng: np.random.Generator):
                  for s in np.random.SeedSequence(seed).spawn(STREAMS))
 
 
+def _size(shape) -> int:
+    """Number of elements of an array shape (a tuple or an int); math.prod, not np.prod,
+    which costs microseconds per call on a tuple (dozens of calls per iteration)."""
+    return int(math.prod(shape)) if isinstance(shape, (tuple, list)) else int(shape)
+
+
 def normals(rng: np.random.Generator, shape) -> np.ndarray:
     """Standard normals of the given shape."""
-    size = int(np.prod(shape))
+    size = _size(shape)
     if size < PARALLEL_MIN:
         return rng.standard_normal(shape)
     out = np.empty(size)
@@ -30,7 +38,7 @@ def normals(rng: np.random.Generator, shape) -> np.ndarray:
 
 def standard_gammas(rng: np.random.Generator, shape_param: float, shape) -> np.ndarray:
     """Gamma(shape_param, 1) draws of the given array shape."""
-    size = int(np.prod(shape))
+    size = _size(shape)
     if size < PARALLEL_MIN:
         return rng.standard_gamma(shape_param, size=shape)
     out = np.empty(size)

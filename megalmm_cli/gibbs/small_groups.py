@@ -52,7 +52,7 @@ def _offsets(sizes) -> np.ndarray:
 
 def _flat(arrays) -> np.ndarray:
     """The arrays raveled one after another (an empty float array for none)."""
-    return np.concatenate([np.ravel(a) for a in arrays]) if len(arrays) else np.zeros(0)
+    return np.concatenate(arrays, axis=None) if len(arrays) else np.zeros(0)
 
 
 @dataclass(frozen=True)
